@@ -1,0 +1,118 @@
+"""Set-up shared by the claim experiments: corpus -> token streams -> windows -> cached features.
+
+Training windows come from the train split; evaluation windows from a held-out split (files
+never seen in training) unless ``eval_split="train"`` reproduces the original's in-training
+evaluation. All draws are seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from abi.backbones import Backbone
+from abi.data import (
+    CorpusTooShortError,
+    decoder_windows,
+    load_code_corpus,
+    prefix_lm_windows,
+    split_corpus,
+    tiled_starts,
+    token_stream,
+)
+from abi.features import Windows
+from abi.nib import NIBProtocol
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class CorpusStreams:
+    """Token streams of the three splits plus the identities recorded in result files."""
+
+    streams: dict[str, np.ndarray]
+    identity: dict[str, Any]
+
+
+def load_streams(backbone: Backbone, split_level: str = "file") -> CorpusStreams:
+    """Tokenize the pinned code corpus per split with the backbone's own tokenizer (cached)."""
+    corpus = load_code_corpus()
+    split = split_corpus(corpus, level=split_level)
+    streams = {name: token_stream(getattr(split, name), backbone.tokenizer) for name in SPLITS}
+    identity = {
+        "corpus": corpus.identity,
+        "split": split.identity(),
+        "tokens": {name: int(len(stream)) for name, stream in streams.items()},
+    }
+    return CorpusStreams(streams, identity)
+
+
+def spread_starts(n_tokens: int, span: int, n_windows: int, seed: int) -> np.ndarray:
+    """Non-overlapping windows spread over the whole stream: a seeded choice of tiled slots.
+
+    Evaluation windows should cover many files, not the first few in path order, and must not
+    overlap, since the window is the unit of the bootstrap.
+    """
+    slots = n_tokens // span
+    if slots < n_windows:
+        raise CorpusTooShortError(
+            f"{n_windows} non-overlapping windows of {span} tokens need {n_windows * span} tokens, but the split "
+            f"has {n_tokens}; ask for at most {slots} windows, shorter windows, or a bigger split."
+        )
+    chosen = np.random.default_rng(seed).choice(slots, size=n_windows, replace=False)
+    return np.sort(chosen) * span
+
+
+def make_windows(backbone: Backbone, stream: np.ndarray, starts: np.ndarray, protocol: NIBProtocol,
+                 window_len: int) -> Windows:
+    """Windows in the backbone's layout: causal chunks, or prefix + continuation for T5."""
+    if backbone.is_encoder_decoder:
+        batch = prefix_lm_windows(stream, starts, protocol.prefix_len, protocol.cont_len, backbone.pad_token_id)
+        return Windows.prefix_lm(batch.encoder_ids, batch.decoder_input_ids, batch.labels)
+    return Windows.causal(decoder_windows(stream, starts, window_len))
+
+
+def window_span(backbone: Backbone, protocol: NIBProtocol, window_len: int) -> int:
+    """Tokens one window consumes from the stream."""
+    return protocol.prefix_len + protocol.cont_len if backbone.is_encoder_decoder else window_len
+
+
+def check_protocol_fits(backbone: Backbone, protocol: NIBProtocol) -> None:
+    """Refuse a protocol whose layout the backbone cannot run, before any work."""
+    if backbone.is_encoder_decoder and protocol.layout != "prefix":
+        raise ValueError(
+            f"protocol {protocol.name!r} feeds causal chunks, but {backbone.name!r} is an encoder-decoder; "
+            "use protocol='t5-prefix'."
+        )
+    if not backbone.is_encoder_decoder and protocol.layout != "causal":
+        raise ValueError(
+            f"protocol {protocol.name!r} is for encoder-decoders (prefix + continuation), but {backbone.name!r} "
+            "is decoder-only; use protocol='faq'."
+        )
+
+
+def training_windows(backbone: Backbone, streams: CorpusStreams, protocol: NIBProtocol, window_len: int,
+                     n_windows: int) -> Windows:
+    """Consecutive, non-overlapping windows of the train split (every token used once)."""
+    stream = streams.streams["train"]
+    span = window_span(backbone, protocol, window_len)
+    return make_windows(backbone, stream, tiled_starts(len(stream), span, n_windows), protocol, window_len)
+
+
+class TappedModule(nn.Module):
+    """A module that reads its own taps out of a feature set cached for a union of taps."""
+
+    def __init__(self, module: nn.Module, module_taps: list[int], feature_taps: tuple[int, ...]):
+        super().__init__()
+        missing = sorted(set(module_taps) - set(feature_taps))
+        if missing:
+            raise ValueError(f"features were cached for taps {list(feature_taps)}, not {missing}.")
+        self.module = module
+        self.register_buffer("index", torch.tensor([feature_taps.index(t) for t in module_taps]), persistent=False)
+
+    def forward(self, taps: Tensor) -> Tensor:
+        return self.module(taps.index_select(-2, self.index))

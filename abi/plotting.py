@@ -1,0 +1,129 @@
+"""Figures, built only from result files (never from live objects), stamped with the result's hash.
+
+Every PNG carries ``abi_result_sha256`` in its metadata: the hash of the result content it was
+drawn from, so a verifier can tell a stale figure from a current one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from abi.nib import NIB_THRESHOLDS  # noqa: E402
+
+METRIC_LABELS = {
+    "top5": "top-5 overlap",
+    "top1": "top-1 agreement",
+    "js": "Jensen-Shannon (nats)",
+    "entropy_diff": "entropy difference (nats)",
+}
+THRESHOLDS = {
+    "top5": NIB_THRESHOLDS.top5_min,
+    "top1": NIB_THRESHOLDS.top1_min,
+    "js": NIB_THRESHOLDS.js_max,
+    "entropy_diff": NIB_THRESHOLDS.entropy_diff_max,
+}
+ARM_LABELS = {
+    "no_module": "no module\n(floor)",
+    "random_calibrated": "random module\n+ calibration (floor)",
+    "uncalibrated": "candidate,\nuncalibrated (floor)",
+    "candidate": "candidate\n(the claim)",
+    "ceiling": "second anchor\n(seed ceiling)",
+}
+
+
+def result_hash(result: dict[str, Any]) -> str:
+    """Hash of a result's content, independent of JSON formatting."""
+    return hashlib.sha256(json.dumps(result, sort_keys=True, allow_nan=False, default=str).encode()).hexdigest()
+
+
+def save_figure(fig: plt.Figure, path: Path, result: dict[str, Any]) -> Path:
+    """Save atomically with the result's hash in the PNG metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"abi_result_sha256": result_hash(result)})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def figure_result_hash(path: Path) -> str | None:
+    """The result hash stamped into a PNG by :func:`save_figure` (None if absent)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.info.get("abi_result_sha256")
+
+
+def _rolling(values: list[float], window: int) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def plot_calibration_curve(result: dict[str, Any], path: Path) -> Path:
+    """Training corrMSE (rolling mean) and held-out validation agreement against calibration step."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    palette = sns.color_palette("deep")
+    window = result["parameters"].get("rolling_window", 50)
+    for color, (kind, label) in zip(palette, (("calibration", "candidate"), ("random_calibration", "random module"))):
+        for i, (seed, log) in enumerate(result["training"][kind].items()):
+            curve = _rolling(log["losses"], window)
+            steps = np.arange(len(curve)) + len(log["losses"]) - len(curve)
+            kwargs = {"color": color, "alpha": 0.85, "label": label if i == 0 else None}
+            axes[0].plot(steps, curve, **kwargs)
+            evals = log["evaluations"]
+            axes[1].plot([e["step"] for e in evals], [e["val_corr_mse"] for e in evals], marker="o", ms=3, **kwargs)
+            axes[2].plot([e["step"] for e in evals], [e["val_top5"] for e in evals], marker="o", ms=3, **kwargs)
+    axes[0].set(title=f"training corrMSE ({window}-step rolling mean)", xlabel="step", yscale="log")
+    axes[1].set(title="validation corrMSE", xlabel="step", yscale="log")
+    axes[2].set(title="validation top-5 overlap with the anchor", xlabel="step")
+    axes[2].axhline(THRESHOLDS["top5"], color="k", ls="--", lw=1, label="NIB threshold")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle("Calibration of the candidate to the anchor's corrections (one line per training seed)")
+    return save_figure(fig, path, result)
+
+
+def _arm_points(result: dict[str, Any], metric: str) -> list[tuple[str, str, float, float, float]]:
+    points = []
+    for name, comparison in result["comparisons"].items():
+        group, _, seed = name.partition("/")
+        ci = comparison["ci"][metric]
+        points.append((group, seed or "-", ci["estimate"], ci["low"], ci["high"]))
+    return points
+
+
+def plot_nib_arms(result: dict[str, Any], path: Path, order: tuple[str, ...] = tuple(ARM_LABELS)) -> Path:
+    """Each arm's held-out NIB metrics with window-bootstrap 95% CIs, thresholds and the published value."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.8), sharey=False)
+    palette = dict(zip(order, sns.color_palette("deep", len(order))))
+    published = result.get("published", {}).get("official", {})
+    for ax, metric in zip(axes, METRIC_LABELS):
+        points = [p for p in _arm_points(result, metric) if p[0] in order]
+        for group, seed, estimate, low, high in points:
+            x = order.index(group)
+            members = [p for p in points if p[0] == group]
+            offset = (members.index((group, seed, estimate, low, high)) - (len(members) - 1) / 2) * 0.12
+            ax.errorbar(x + offset, estimate, yerr=[[estimate - low], [high - estimate]], fmt="o",
+                        color=palette[group], capsize=3, ms=5)
+        ax.axhline(THRESHOLDS[metric], color="k", ls="--", lw=1, label="NIB threshold")
+        if metric in published:
+            ax.axhline(published[metric], color="crimson", ls=":", lw=1.5, label="published (T5-large)")
+        ax.set_xticks(range(len(order)), [ARM_LABELS[g] for g in order], fontsize=7, rotation=30, ha="right")
+        ax.set_title(METRIC_LABELS[metric])
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("NIB against the anchor on held-out windows (points: training seeds; bars: 95% window-bootstrap CI)")
+    return save_figure(fig, path, result)
+

@@ -1,0 +1,229 @@
+"""Result files: one JSON per claim with provenance and the raw per-window metrics.
+
+Every summary figure in a result file is derived from the raw values stored beside it by the
+functions here, so the verifier can recompute it without any model and fail loudly on a
+mismatch. Writes go to a temporary file that is renamed into place: a crash never leaves a
+half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abi.nib import CORE_METRICS, NIB_THRESHOLDS, summary_from_per_window
+from abi.paths import REPO_ROOT
+from abi.stats import window_bootstrap_ci
+
+SCHEMA_VERSION = 1
+REQUIRED_FIELDS = ("schema_version", "claim", "profile", "parameters", "provenance", "timings", "comparisons")
+COMPARISON_SECTIONS = ("comparisons", "official")
+COMPARISON_FIELDS = ("reference", "per_window", "nll", "summary", "ci", "pass", "verdict")
+_LIBRARIES = ("torch", "transformers", "numpy", "scipy", "datasets", "abi")
+
+
+class ResultFileError(ValueError):
+    """A result file that is missing, unreadable, or does not match the schema or its raw data."""
+
+
+Deriver = Callable[[dict[str, Any]], dict[str, Any]]
+_DERIVERS: dict[str, Deriver] = {}
+
+
+def register_deriver(claim: str, deriver: Deriver) -> None:
+    """Register the function that computes a claim's derived sections from its comparisons.
+
+    The notebook's writer and the verifier both call it, so the two can never disagree.
+    """
+    _DERIVERS[claim] = deriver
+
+
+def provenance() -> dict[str, Any]:
+    """Who made a result: git commit, library versions, machine, time."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain", "--", "abi"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "git_commit": commit,
+        "library_dirty": dirty,
+        "versions": versions,
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cpus",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+class Stopwatch:
+    """Named wall-clock timings for the result file's ``timings`` field."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def time(self, name: str):
+        watch = self
+
+        class _Section:
+            def __enter__(self) -> None:
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc: object) -> None:
+                watch.timings[name] = round(watch.timings.get(name, 0.0) + time.perf_counter() - self.start, 3)
+
+        return _Section()
+
+
+def perplexity_from(nll: dict[str, list]) -> float:
+    return float(math.exp(sum(nll["sum"]) / sum(nll["n_tokens"])))
+
+
+def derive_comparison(per_window: dict[str, list], nll: dict[str, list], bootstrap: dict[str, int]) -> dict[str, Any]:
+    """Summary, CIs, pass flags and verdict of one comparison, from its raw per-window values."""
+    summary = summary_from_per_window(per_window)
+    summary["ppl"] = perplexity_from(nll)
+    n_positions = np.asarray(per_window["n_positions"])
+    ci = {
+        metric: window_bootstrap_ci(
+            np.asarray(per_window[metric]),
+            n_positions,
+            n_resamples=bootstrap["n_resamples"],
+            seed=bootstrap["seed"],
+        ).to_dict()
+        for metric in CORE_METRICS
+    }
+    passes = NIB_THRESHOLDS.passes(summary)
+    return {"summary": summary, "ci": ci, "pass": passes, "verdict": "PASS" if all(passes.values()) else "FAIL"}
+
+
+def _finite_json(value: Any) -> Any:
+    """Strict JSON has no NaN/Infinity: turn them into None so a reader never chokes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite_json(value.item())
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(path: Path, result: dict[str, Any]) -> Path:
+    """Check ``result`` against the schema and its own raw data, then write it atomically."""
+    check_result(result, source=str(path))
+    atomic_write_text(path, json.dumps(_finite_json(result), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """Read and fully verify a result file; any problem names the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultFileError(f"{path}: no such result file; run its notebook first (see `make book`).")
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ResultFileError(
+            f"{path}: not valid JSON ({error}); the file is truncated or corrupted: re-run its notebook."
+        ) from error
+    check_result(result, source=str(path))
+    return result
+
+
+def _missing(mapping: dict, fields: Iterable[str]) -> list[str]:
+    return [f for f in fields if f not in mapping]
+
+
+def _close(a: Any, b: Any, tol: float = 1e-9) -> bool:
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, (bool, str)):
+        return a == b
+    return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
+
+
+def check_result(result: dict[str, Any], source: str = "<result>") -> None:
+    """Schema and consistency check: every summary must follow from the stored raw values."""
+    if not isinstance(result, dict):
+        raise ResultFileError(f"{source}: top level must be a JSON object.")
+    if missing := _missing(result, REQUIRED_FIELDS):
+        raise ResultFileError(f"{source}: missing field(s) {missing}; re-run the notebook that writes it.")
+    if result["schema_version"] != SCHEMA_VERSION:
+        raise ResultFileError(
+            f"{source}: schema_version {result['schema_version']!r}, expected {SCHEMA_VERSION}; re-run its notebook."
+        )
+    bootstrap = result["parameters"].get("bootstrap") or {}
+    if not bootstrap:
+        raise ResultFileError(f"{source}: parameters.bootstrap (n_resamples, seed) is missing.")
+    for section in COMPARISON_SECTIONS:
+        for name, comparison in result.get(section, {}).items():
+            _check_comparison(comparison, bootstrap, f"{source}: {section}.{name}")
+    deriver = _DERIVERS.get(result["claim"])
+    if deriver is None:
+        raise ResultFileError(f"{source}: unknown claim {result['claim']!r}; known: {', '.join(sorted(_DERIVERS))}.")
+    for key, expected in deriver(result).items():
+        if key not in result:
+            raise ResultFileError(f"{source}: missing derived section {key!r}; re-run its notebook.")
+        if not _close(_finite_json(expected), _finite_json(result[key])):
+            raise ResultFileError(
+                f"{source}: {key} does not match its value recomputed from the raw per-window data; "
+                "the file was edited or is corrupted: re-run its notebook."
+            )
+
+
+def _check_comparison(comparison: dict[str, Any], bootstrap: dict[str, int], where: str) -> None:
+    if missing := _missing(comparison, COMPARISON_FIELDS):
+        raise ResultFileError(f"{where}: missing field(s) {missing}.")
+    per_window = comparison["per_window"]
+    if missing := _missing(per_window, (*CORE_METRICS, "n_positions")):
+        raise ResultFileError(f"{where}.per_window: missing metric(s) {missing}.")
+    lengths = {key: len(values) for key, values in per_window.items()}
+    if len(set(lengths.values())) != 1 or len(comparison["nll"]["sum"]) != lengths["n_positions"]:
+        raise ResultFileError(f"{where}.per_window: arrays of unequal length {lengths}; the file is truncated.")
+    derived = derive_comparison(per_window, comparison["nll"], bootstrap)
+    for field, expected in derived.items():
+        if not _close(_finite_json(expected), comparison[field]):
+            raise ResultFileError(
+                f"{where}.{field}: stored {comparison[field]!r} does not match {expected!r} recomputed "
+                "from the raw per-window values; the file was edited or is corrupted: re-run its notebook."
+            )
