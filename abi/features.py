@@ -94,15 +94,19 @@ class FeatureSet:
         """``(taps, final, labels)`` for the chosen windows, as float32 tensors in RAM."""
         if isinstance(index, Tensor):
             index = index.numpy()
-        taps = torch.from_numpy(np.ascontiguousarray(self._taps[index], dtype=np.float32))
-        final = torch.from_numpy(np.ascontiguousarray(self._final[index], dtype=np.float32))
-        return taps, final, self.windows.labels[index]
+        return _to_tensor(self._taps[index]), _to_tensor(self._final[index]), self.windows.labels[index]
 
     def iter_batches(self, batch_windows: int):
         """Consecutive batches in window order: ``(window index slice, taps, final, labels)``."""
         for start in range(0, len(self), batch_windows):
             index = slice(start, min(start + batch_windows, len(self)))
             yield (index, *self.batch(index))
+
+
+def _to_tensor(array: np.ndarray) -> Tensor:
+    """float32 tensor in RAM; copies read-only memmap views (slices), not fancy-indexed copies."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _cache_key(backbone: Backbone, windows: Windows, taps: tuple[int, ...], dtype: np.dtype) -> str:

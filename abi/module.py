@@ -34,7 +34,7 @@ class ModuleConfig:
     def __post_init__(self) -> None:
         for field_name in ("d_model", "n_taps", "bottleneck", "expansion"):
             value = getattr(self, field_name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModuleConfig.{field_name} must be a positive integer, got {value!r}.")
 
     def to_dict(self) -> dict:

@@ -161,18 +161,19 @@ def calibrate(
         loss = objective(module(taps), target_corrections[index], final=final, backbone=backbone, step=step,
                          total_steps=schedule.total_steps)
         _check_finite(loss, desc, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(trainable, grad_clip)
-        optimizer.step()
         log.losses.append(loss.item())
         log.lrs.append(lr)
         recent.append(loss.item())
         rolling = sum(recent) / len(recent)
-        if len(recent) == recent.maxlen or step == schedule.total_steps - 1:
-            if log.best_rolling_loss is None or rolling < log.best_rolling_loss:
-                log.best_rolling_loss, log.best_step = rolling, step
-                best_state = copy.deepcopy(module.state_dict())
+        window_ready = len(recent) == recent.maxlen or step == schedule.total_steps - 1
+        if window_ready and (log.best_rolling_loss is None or rolling < log.best_rolling_loss):
+            # Snapshot before this step's update: the window's losses were measured on this state.
+            log.best_rolling_loss, log.best_step = rolling, step
+            best_state = copy.deepcopy(module.state_dict())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(trainable, grad_clip)
+        optimizer.step()
         if on_step and eval_every and (step % eval_every == 0 or step == schedule.total_steps - 1):
             module.eval()
             record = on_step(step, module) or {}

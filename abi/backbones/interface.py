@@ -99,16 +99,15 @@ class Backbone:
     def check_taps(self, taps: Sequence[int]) -> tuple[int, ...]:
         """Validate 1-based tap layers against this model, before any long work starts."""
         taps = tuple(int(t) for t in taps)
+        valid = f"{self.name!r} has layers 1..{self.n_layers}"
+        example = list(range(max(1, self.n_layers - 2), self.n_layers + 1))
         if not taps:
-            raise TapIndexError("at least one tap layer is needed, e.g. taps=[%d]" % self.n_layers)
+            raise TapIndexError(f"at least one tap layer is needed; {valid}, e.g. taps={example}.")
         bad = [t for t in taps if not 1 <= t <= self.n_layers]
         if bad:
-            raise TapIndexError(
-                f"tap layer(s) {bad} are outside {self.name!r}, which has layers 1..{self.n_layers}; "
-                f"choose taps in that range, e.g. the last ones {list(range(max(1, self.n_layers - 2), self.n_layers + 1))}."
-            )
+            raise TapIndexError(f"tap layer(s) {bad} are outside the model: {valid}; choose taps such as {example}.")
         if len(set(taps)) != len(taps):
-            raise TapIndexError(f"tap layers {list(taps)} contain duplicates; list each layer once.")
+            raise TapIndexError(f"tap layers {list(taps)} contain duplicates; list each layer once ({valid}).")
         return taps
 
     # -- forward passes ----------------------------------------------------------------------
