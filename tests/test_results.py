@@ -1,0 +1,114 @@
+"""Result files: schema, recomputation from raw values, atomic writes, loud failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import abi.experiments  # noqa: F401  (registers derivers)
+from abi.results import ResultFileError, atomic_write_text, derive_comparison, load_result, write_result
+
+BOOT = {"n_resamples": 200, "seed": 0}
+
+
+def _comparison(rng: np.random.Generator, n_windows: int = 12, level: float = 0.9) -> dict:
+    per_window = {
+        "js": rng.uniform(0.001, 0.02, n_windows).tolist(),
+        "top1": rng.uniform(level - 0.1, level, n_windows).tolist(),
+        "top5": rng.uniform(level - 0.05, min(level + 0.05, 1.0), n_windows).tolist(),
+        "entropy_diff": rng.uniform(0.0, 0.2, n_windows).tolist(),
+        "n_positions": rng.integers(50, 100, n_windows).tolist(),
+    }
+    nll = {"sum": rng.uniform(100, 200, n_windows).tolist(), "n_tokens": per_window["n_positions"]}
+    return {"reference": "anchor", "per_window": per_window, "nll": nll, **derive_comparison(per_window, nll, BOOT)}
+
+
+def synthetic_core_nib(seeds=(1, 2)) -> dict:
+    """A small but schema-complete core_nib result, with derived sections computed the real way."""
+    from abi.experiments.core_nib import derive
+
+    rng = np.random.default_rng(0)
+    names = ["no_module", "ceiling"] + [f"{g}/{s}" for s in seeds for g in ("candidate", "uncalibrated",
+                                                                           "random_calibrated")]
+    comparisons = {n: _comparison(rng, level=0.95 if n.startswith("candidate") else 0.5) for n in names}
+    official = {n: _comparison(rng) for n in names}
+    result = {
+        "schema_version": 1,
+        "claim": "core_nib",
+        "profile": "smoke",
+        "parameters": {"candidate_seeds": list(seeds), "ni_margin": 0.02, "bootstrap": BOOT},
+        "provenance": {},
+        "timings": {},
+        "comparisons": comparisons,
+        "official": official,
+    }
+    result.update(derive(result))
+    return result
+
+
+def test_round_trip_verifies(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "core_nib.json", synthetic_core_nib())
+    loaded = load_result(path)
+    assert loaded["verdicts"]["held_out_pass_per_seed"] == {"1": "PASS", "2": "PASS"}
+
+
+def test_tampered_summary_is_named(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "r.json", synthetic_core_nib())
+    data = json.loads(path.read_text())
+    data["comparisons"]["candidate/1"]["summary"]["top5"] += 0.01
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFileError, match=r"comparisons\.candidate/1\.summary"):
+        load_result(path)
+
+
+def test_tampered_raw_value_breaks_derived_sections(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "r.json", synthetic_core_nib())
+    data = json.loads(path.read_text())
+    data["comparisons"]["ceiling"]["per_window"]["top5"][0] = 0.0
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFileError, match="ceiling"):
+        load_result(path)
+
+
+def test_truncated_file_is_reported(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "r.json", synthetic_core_nib())
+    path.write_text(path.read_text()[:500])
+    with pytest.raises(ResultFileError, match="truncated or corrupted"):
+        load_result(path)
+
+
+def test_missing_field_is_named(tmp_path: Path) -> None:
+    result = synthetic_core_nib()
+    del result["provenance"]
+    with pytest.raises(ResultFileError, match="provenance"):
+        write_result(tmp_path / "r.json", result)
+    assert not (tmp_path / "r.json").exists(), "an invalid result must not be written"
+
+
+def test_unequal_arrays_are_rejected(tmp_path: Path) -> None:
+    result = synthetic_core_nib()
+    result["comparisons"]["ceiling"]["per_window"]["js"].pop()
+    with pytest.raises(ResultFileError, match="unequal length"):
+        write_result(tmp_path / "r.json", result)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "r.json"
+    atomic_write_text(path, "old")
+
+    def broken_replace(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("abi.results.os.replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"], "no temporary file may be left behind"
+
+
+def test_missing_file_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(ResultFileError, match="make book"):
+        load_result(tmp_path / "absent.json")
