@@ -1,0 +1,78 @@
+"""Command line: ``abi prefetch | run-notebooks | build-book | verify`` (the Makefile's targets)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from abi.paths import REPO_ROOT
+
+
+def _prefetch(args: argparse.Namespace) -> None:
+    """Fill the caches once: corpus download and the fp32 copy of every offline model."""
+    from abi.backbones import load_backbone
+    from abi.data import load_code_corpus
+
+    corpus = load_code_corpus()
+    print(f"corpus: {corpus.identity['n_files']} files, {corpus.identity['n_chars']:,} characters")
+    for name in args.models:
+        backbone = load_backbone(name)
+        print(f"model {name}: {backbone.n_layers} layers, d={backbone.d_model}, vocabulary {backbone.vocab_size}")
+
+
+def _run_notebooks(args: argparse.Namespace) -> None:
+    from abi.pipeline import BuildLayout, run_notebooks
+
+    layout = BuildLayout.for_profile(args.profile, Path(args.scratch) if args.scratch else None)
+    run_notebooks(layout, force=args.force)
+
+
+def _build_book(args: argparse.Namespace) -> None:
+    from abi.pipeline import BuildLayout, build_book
+
+    layout = BuildLayout.for_profile(args.profile, Path(args.scratch) if args.scratch else None)
+    print(f"book: {build_book(layout)}")
+
+
+def _verify(args: argparse.Namespace) -> None:
+    import abi.experiments  # noqa: F401  (registers every claim's derived sections)
+    from abi.results import ResultFileError, load_result
+
+    paths = [Path(p) for p in args.files] or sorted((REPO_ROOT / "results").glob("*.json"))
+    if not paths:
+        raise SystemExit("no result files found under results/; run `make book` first.")
+    failures = 0
+    for path in paths:
+        try:
+            load_result(path)
+            print(f"OK   {path}")
+        except ResultFileError as error:
+            failures += 1
+            print(f"FAIL {error}")
+    if failures:
+        raise SystemExit(f"{failures} result file(s) failed verification.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="abi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    prefetch = commands.add_parser("prefetch", help="download the corpus and de-quantize offline models once")
+    prefetch.add_argument("--models", nargs="*", default=["smollm2-135m"])
+    prefetch.set_defaults(func=_prefetch)
+    for name, func, text in (("run-notebooks", _run_notebooks, "execute the claim notebooks with papermill"),
+                             ("build-book", _build_book, "build the HTML book with jupyter-book")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--profile", default="cpu")
+        sub.add_argument("--scratch", default=None, help="write executed notebooks/results/book here")
+        sub.add_argument("--force", action="store_true", help="re-execute even if inputs are unchanged")
+        sub.set_defaults(func=func)
+    verify = commands.add_parser("verify", help="recompute every summary in results/*.json from raw values")
+    verify.add_argument("files", nargs="*")
+    verify.set_defaults(func=_verify)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
