@@ -25,7 +25,7 @@ def _run_notebooks(args: argparse.Namespace) -> None:
     from abi.pipeline import BuildLayout, run_notebooks
 
     layout = BuildLayout.for_profile(args.profile, Path(args.scratch) if args.scratch else None)
-    run_notebooks(layout, force=args.force)
+    run_notebooks(layout, force=args.force, names=tuple(args.notebooks) if args.notebooks else None)
 
 
 def _build_book(args: argparse.Namespace) -> None:
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--profile", default="cpu")
         sub.add_argument("--scratch", default=None, help="write executed notebooks/results/book here")
         sub.add_argument("--force", action="store_true", help="re-execute even if inputs are unchanged")
+        sub.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
         sub.set_defaults(func=func)
     verify = commands.add_parser("verify", help="recompute every summary in results/*.json from raw values")
     verify.add_argument("files", nargs="*")

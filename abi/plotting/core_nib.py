@@ -1,37 +1,16 @@
-"""Figures, built only from result files (never from live objects), stamped with the result's hash.
-
-Every PNG carries ``abi_result_sha256`` in its metadata: the hash of the result content it was
-drawn from, so a verifier can tell a stale figure from a current one.
-"""
+"""Figures of claim 1 (core NIB), drawn from its result file only."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+from abi.plotting import METRIC_LABELS, THRESHOLDS, save_figure
 
-from abi.nib import NIB_THRESHOLDS  # noqa: E402
-
-METRIC_LABELS = {
-    "top5": "top-5 overlap",
-    "top1": "top-1 agreement",
-    "js": "Jensen-Shannon (nats)",
-    "entropy_diff": "entropy difference (nats)",
-}
-THRESHOLDS = {
-    "top5": NIB_THRESHOLDS.top5_min,
-    "top1": NIB_THRESHOLDS.top1_min,
-    "js": NIB_THRESHOLDS.js_max,
-    "entropy_diff": NIB_THRESHOLDS.entropy_diff_max,
-}
 ARM_LABELS = {
     "no_module": "no module\n(floor)",
     "random_calibrated": "random module\n+ calibration (floor)",
@@ -40,28 +19,6 @@ ARM_LABELS = {
     "ceiling": "second anchor\n(seed ceiling)",
 }
 
-
-def result_hash(result: dict[str, Any]) -> str:
-    """Hash of a result's content, independent of JSON formatting."""
-    return hashlib.sha256(json.dumps(result, sort_keys=True, allow_nan=False, default=str).encode()).hexdigest()
-
-
-def save_figure(fig: plt.Figure, path: Path, result: dict[str, Any]) -> Path:
-    """Save atomically with the result's hash in the PNG metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"abi_result_sha256": result_hash(result)})
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-def figure_result_hash(path: Path) -> str | None:
-    """The result hash stamped into a PNG by :func:`save_figure` (None if absent)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.info.get("abi_result_sha256")
 
 
 def _rolling(values: list[float], window: int) -> np.ndarray:
@@ -77,7 +34,7 @@ def plot_calibration_curve(result: dict[str, Any], path: Path) -> Path:
     palette = sns.color_palette("deep")
     window = result["parameters"].get("rolling_window", 50)
     for color, (kind, label) in zip(palette, (("calibration", "candidate"), ("random_calibration", "random module"))):
-        for i, (seed, log) in enumerate(result["training"][kind].items()):
+        for i, log in enumerate(result["training"][kind].values()):
             curve = _rolling(log["losses"], window)
             steps = np.arange(len(curve)) + len(log["losses"]) - len(curve)
             kwargs = {"color": color, "alpha": 0.85, "label": label if i == 0 else None}
