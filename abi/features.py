@@ -151,9 +151,11 @@ def extract_features(
         for start in range(done, n, batch_windows):
             stop = min(start + batch_windows, n)
             chunk = windows.select(slice(start, stop))
-            out = backbone.tap_features(chunk.input_ids, taps, encoder_ids=chunk.encoder_ids)
-            tap_store[start:stop] = out.taps.numpy().astype(np_dtype)
-            final_store[start:stop] = out.final.numpy().astype(np_dtype)
+            device = next(backbone.model.parameters()).device
+            encoder_ids = chunk.encoder_ids.to(device) if chunk.encoder_ids is not None else None
+            out = backbone.tap_features(chunk.input_ids.to(device), taps, encoder_ids=encoder_ids)
+            tap_store[start:stop] = out.taps.cpu().numpy().astype(np_dtype)
+            final_store[start:stop] = out.final.cpu().numpy().astype(np_dtype)
             tap_store.flush()
             final_store.flush()
             progress_file.write_text(json.dumps({"done": stop}))

@@ -70,11 +70,17 @@ def _check_pair(anchor: Tensor, candidate: Tensor, mask: Tensor | None) -> None:
         )
 
 
+def _rowdot(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise dot products through batched BLAS: no [P, V] temporary, unlike ``(x * y).sum(-1)``
+    (which is what ``linalg.vecdot`` does on the CPU, at three times the cost)."""
+    return torch.bmm(x.unsqueeze(-2), y.unsqueeze(-1)).reshape(x.shape[:-1])
+
+
 def _entropies_fast(p: Tensor, q: Tensor, lp: Tensor, lq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """H(p), H(q), H(m), sum p log q as plain dot products: NaN if any probability is exactly 0."""
     m = torch.add(p, q).mul_(0.5)
-    h_m = -torch.linalg.vecdot(m, m.log())
-    return -torch.linalg.vecdot(p, lp), -torch.linalg.vecdot(q, lq), h_m, torch.linalg.vecdot(p, lq)
+    h_m = -_rowdot(m, m.log())
+    return -_rowdot(p, lp), -_rowdot(q, lq), h_m, _rowdot(p, lq)
 
 
 def _entropies_safe(p: Tensor, q: Tensor, lp: Tensor, lq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
