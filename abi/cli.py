@@ -36,22 +36,18 @@ def _build_book(args: argparse.Namespace) -> None:
 
 
 def _verify(args: argparse.Namespace) -> None:
-    import abi.experiments  # noqa: F401  (registers every claim's derived sections)
-    from abi.results import ResultFileError, load_result
+    from abi.verify import verify_results
 
-    paths = [Path(p) for p in args.files] or sorted((REPO_ROOT / "results").glob("*.json"))
-    if not paths:
-        raise SystemExit("no result files found under results/; run `make book` first.")
-    failures = 0
-    for path in paths:
-        try:
-            load_result(path)
-            print(f"OK   {path}")
-        except ResultFileError as error:
-            failures += 1
-            print(f"FAIL {error}")
+    results = Path(args.results_dir)
+    findings = verify_results(results)
+    if not findings:
+        raise SystemExit(f"no result files under {results}; run `make book` first.")
+    for finding in findings:
+        print(f"OK   {finding.path}" if finding.ok else f"FAIL {finding.message}")
+    failures = sum(not f.ok for f in findings)
     if failures:
-        raise SystemExit(f"{failures} result file(s) failed verification.")
+        raise SystemExit(f"{failures} file(s) failed verification.")
+    print(f"all {len(findings)} result and figure files verified")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
         sub.set_defaults(func=func)
     verify = commands.add_parser("verify", help="recompute every summary in results/*.json from raw values")
-    verify.add_argument("files", nargs="*")
+    verify.add_argument("--results-dir", default=str(REPO_ROOT / "results"))
     verify.set_defaults(func=_verify)
     args = parser.parse_args(argv)
     args.func(args)
