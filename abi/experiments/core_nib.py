@@ -401,7 +401,7 @@ register_deriver(CLAIM, derive)
 
 def glue_values(result: dict[str, Any]) -> dict[str, Any]:
     """Numbers the book's prose pulls in with myst-nb ``glue`` (never typed by hand)."""
-    from abi.experiments.reporting import claim_verdict
+    from abi.reports.core_nib import claim_verdict
 
     top5 = result["groups"]["candidate"]["top5"]
     return {

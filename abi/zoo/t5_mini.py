@@ -246,6 +246,9 @@ def save(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path, log: dict[s
     model.to(torch.bfloat16).save_pretrained(staging, max_shard_size="15MB")
     for path in Path(tokenizer_dir).iterdir():
         shutil.copy(path, staging / path.name)
+    manifest = Path(tokenizer_dir).parent / "manifest.json"
+    if manifest.is_file():
+        shutil.copy(manifest, staging / "data_manifest.json")
     (staging / "training_log.json").write_text(json.dumps(log, indent=1))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(staging, out_dir)

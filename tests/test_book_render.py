@@ -1,0 +1,191 @@
+"""The built book renders completely offline, as a reader's browser draws it.
+
+Every page of the toc is loaded in headless Chromium from a server on 127.0.0.1, with every other
+host blocked and recorded: the page loads, MathJax typesets every formula, every image loads,
+internal links point to files that exist, the sidebar reaches every chapter, and no request goes
+to another host. The book is built once per session into a temporary folder (seconds) from the
+committed executed notebooks, else from those of an up-to-date ``PROFILE=smoke make book``, else
+from a fresh smoke-profile run of the toc's notebooks (about a minute more on an idle machine).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from abi import book_assets
+from abi.book_assets import CHROMIUM, CHROMIUM_FLAGS, OFFLINE_RESOLVER, chapter_pages
+from abi.paths import REPO_ROOT
+from abi.pipeline import BuildLayout, build_book, is_current, run_notebooks
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+PAGES = chapter_pages(REPO_ROOT)
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing; `make setup` installs it (Debian's chromium package)"
+)
+
+# Facts about a loaded page, gathered in the browser after MathJax has finished.
+_PAGE_FACTS = """() => ({
+  title: document.title,
+  math: document.querySelectorAll('.math').length,
+  untypeset: [...document.querySelectorAll('.math')].filter(e => !e.querySelector('mjx-container'))
+               .map(e => e.textContent.slice(0, 80)),
+  containers: document.querySelectorAll('mjx-container').length,
+  mathErrors: [...document.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 80)),
+  images: document.images.length,
+  brokenImages: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
+  links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+  missingAnchors: [...document.querySelectorAll('a[href^="#"]')].map(a => decodeURIComponent(a.hash.slice(1)))
+                    .filter(id => id && !document.getElementById(id)),
+  nav: [...document.querySelectorAll('nav.bd-docs-nav a[href]')].map(a => a.href),
+})"""
+
+
+def _ready_notebooks(names: list[str]) -> list[Path] | None:
+    """Executed notebooks that can be rendered as they are: the committed ones, else those of an
+    up-to-date ``PROFILE=smoke make book``; None when neither set is complete."""
+    committed = [BuildLayout.for_profile("cpu").executed_dir / f"{name}.ipynb" for name in names]
+    if all(path.is_file() for path in committed):
+        return committed
+    smoke = BuildLayout.for_profile("smoke")
+    if all(is_current(smoke, name) for name in names):
+        return [smoke.executed_dir / f"{name}.ipynb" for name in names]
+    return None
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Book root of a fresh build in a temporary folder (the committed tree is never written)."""
+    layout = BuildLayout.for_profile("smoke", scratch=tmp_path_factory.mktemp("book"))
+    names = [Path(page).stem for page in PAGES if page.startswith("book/executed/")]
+    notebooks = _ready_notebooks(names)
+    if notebooks is None:
+        run_notebooks(layout, names=tuple(names))
+    else:
+        layout.executed_dir.mkdir(parents=True)
+        for path in notebooks:
+            shutil.copy(path, layout.executed_dir / path.name)
+    build_book(layout)
+    return layout.book_root
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output to failures."""
+
+
+@pytest.fixture(scope="session")
+def site(built_book: Path) -> Iterator[str]:
+    """Base URL of the built HTML, served on 127.0.0.1 (a real origin, as on a web host)."""
+    handler = partial(_QuietHandler, directory=str(built_book / "_build" / "html"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict]]:
+    """Debian's Chromium driven by playwright, with a fresh profile; requests to other hosts are
+    blocked and recorded (``log["external"]``), failed local ones too (``log["failed"]``)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing; run `make setup`")
+    log: dict[str, list[str]] = {"external": [], "failed": []}
+
+    def gate(route) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            log["external"].append(url)
+            route.abort()
+
+    def check_response(response) -> None:
+        if response.status >= 400:
+            log["failed"].append(f"{response.status} {response.url}")
+
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            args=[*CHROMIUM_FLAGS, OFFLINE_RESOLVER],
+        )
+        context.route("**/*", gate)
+        context.on("response", check_response)
+        context.on("requestfailed", lambda request: log["failed"].append(f"{request.failure} {request.url}"))
+        try:
+            yield context, log
+        finally:
+            context.close()
+
+
+def _local_file(url: str, site: str, html: Path) -> Path | None:
+    """The file a same-site URL serves (``dir/`` serves ``dir/index.html``); None for other sites."""
+    if not url.startswith(site):
+        return None
+    path = unquote(urlsplit(url).path).lstrip("/")
+    return html / path / "index.html" if path.endswith("/") or not path else html / path
+
+
+@needs_chromium
+@pytest.mark.parametrize("page_path", PAGES)
+def test_page_renders_offline(page_path: str, built_book: Path, site: str, browser: tuple) -> None:
+    context, log = browser
+    log["external"].clear()
+    log["failed"].clear()
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        response = page.goto(site + page_path, wait_until="load")
+        assert response is not None and response.ok, f"{page_path}: {response and response.status}"
+        # MathJax is deferred and typesets asynchronously; wait for it where the page loads it.
+        page.evaluate("() => window.MathJax?.startup?.promise")
+        facts = page.evaluate(_PAGE_FACTS)
+    finally:
+        page.close()
+
+    html = built_book / "_build" / "html"
+    assert facts["title"], f"{page_path}: the page has no title"
+    assert not log["external"], f"{page_path}: requests left the machine: {log['external']}"
+    assert not log["failed"], f"{page_path}: local requests failed: {log['failed']}"
+    assert not errors, f"{page_path}: JavaScript errors: {errors}"
+    assert not facts["untypeset"], f"{page_path}: MathJax left these formulas as TeX: {facts['untypeset']}"
+    assert not facts["mathErrors"], f"{page_path}: MathJax could not typeset: {facts['mathErrors']}"
+    assert not facts["brokenImages"], f"{page_path}: images did not load: {facts['brokenImages']}"
+    missing = sorted({url for url in facts["links"] if (f := _local_file(url, site, html)) and not f.is_file()})
+    assert not missing, f"{page_path}: internal links to missing files: {missing}"
+    assert not facts["missingAnchors"], f"{page_path}: links to missing anchors: {facts['missingAnchors']}"
+    reachable = {page_path} | {urlsplit(url).path.lstrip("/") for url in facts["nav"]}
+    assert set(PAGES) <= reachable, f"{page_path}: the sidebar misses {sorted(set(PAGES) - reachable)}"
+    if page_path == PAGES[0]:
+        # The front page has display and inline math: MathJax must have drawn it, not left it raw.
+        assert facts["math"] > 0 and facts["containers"] >= facts["math"], facts
+    if "executed/" in page_path:
+        assert facts["images"] > 0, f"{page_path}: a chapter without its figures"
+
+
+@needs_chromium
+def test_front_page_screenshot(built_book: Path) -> None:
+    """build_book() leaves a PNG of the front page beside the HTML, at the width it was taken."""
+    png = built_book / "_build" / "front_page.png"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (1280, book_assets.SCREENSHOT_SIZE[1]), (width, height)
+    assert len(data) > 50_000, f"{png} is {len(data)} bytes: a blank page?"
+
+
+def test_build_without_local_mathjax_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A missing MathJax fails the build before jupyter-book runs, and says how to install it."""
+    monkeypatch.setattr(book_assets, "MATHJAX_PACKAGE", tmp_path / "no-mathjax")
+    with pytest.raises(SystemExit, match="make setup"):
+        build_book(BuildLayout.for_profile("smoke", scratch=tmp_path))
