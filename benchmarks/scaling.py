@@ -33,15 +33,20 @@ TAP_COUNTS = (1, 2, 3, 4, 5, 6)
 NIB_WINDOWS = (2, 4, 8, 16)
 
 
-def _fake_features(directory: Path, n: int, t: int, k: int, d: int, vocab: int):
-    """A FeatureSet of random tap states, without any backbone run."""
+def _fake_features(directory: Path, n: int, t: int, k: int, d: int, vocab: int, device: str = "cpu"):
+    """A FeatureSet of random tap states, without any backbone run; its batches land on ``device``
+    (the cache stays in host memory, as in training, so the host-to-device copy is timed too)."""
     from abi.features import FeatureSet, Windows
+
+    class DeviceFeatureSet(FeatureSet):
+        def batch(self, index):
+            return tuple(t.to(device) for t in super().batch(index))
 
     rng = np.random.default_rng(0)
     np.save(directory / "taps.npy", rng.standard_normal((n, t, k, d), dtype=np.float32))
     np.save(directory / "final.npy", rng.standard_normal((n, t, d), dtype=np.float32))
     windows = Windows.causal(torch.from_numpy(rng.integers(0, vocab, (n, t))))
-    return FeatureSet(directory, windows, tuple(range(1, k + 1)))
+    return DeviceFeatureSet(directory, windows, tuple(range(1, k + 1)))
 
 
 def measure_point(stage: str, bottleneck: int, taps: int, backbone_name: str, device: str, shape_only: bool,
@@ -57,11 +62,11 @@ def measure_point(stage: str, bottleneck: int, taps: int, backbone_name: str, de
                                                      f"{backbone_name}.json").read_text())["hidden_size"]
     module = ABIModule(ModuleConfig(d, taps, bottleneck), seed=0).to(device)
     with tempfile.TemporaryDirectory() as tmp:
-        features = _fake_features(Path(tmp), 16, 128, taps, d, 1000)
+        features = _fake_features(Path(tmp), 16, 128, taps, d, 1000, device)
         if stage == "domain":
             run = lambda: train_domain_stage(module, backbone, features, steps, batch_windows=2)  # noqa: E731
         else:
-            targets = torch.randn(len(features), 128, d)
+            targets = torch.randn(len(features), 128, d, device=device)
             schedule = PhaseSchedule.constant(steps, 1e-4)
             run = lambda: calibrate(module, features, targets, schedule, batch_windows=8)  # noqa: E731
         timing = timed(run, repeats=3, device=device)
