@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -268,3 +269,45 @@ def seed_interval(values_over_seeds: ArrayLike, confidence: float = 0.95) -> CI:
         return CI(estimate, estimate, estimate, confidence, "degenerate", degenerate=True)
     low, high = stats.t.interval(confidence, df=y.size - 1, loc=estimate, scale=sem)
     return CI(estimate, float(low), float(high), confidence, "student t over seeds")
+
+
+def paired_window_statistic_ci(
+    per_window: Mapping[str, ArrayLike],
+    statistic: Callable[[dict[str, np.ndarray]], ArrayLike],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> CI:
+    """Percentile CI of any statistic of several per-window arrays, the windows resampled jointly.
+
+    ``per_window`` maps names to arrays with one value per window (the same windows in every
+    array); ``statistic`` takes a dict of the same names whose arrays have a leading resample
+    axis, ``[R, n_windows]``, and returns ``[R]``. Resampling one set of window indices for all
+    arrays keeps conditions paired (the same windows enter every condition of a resample).
+
+    For ratios (transfer efficacy, flip rates) the percentile method is used: BCa's jackknife
+    acceleration is unstable when a denominator comes near zero. Resamples where the statistic
+    is undefined (NaN) are left out and counted in ``CI.method``.
+    """
+    _check_confidence(confidence)
+    arrays = {name: _vector(values, name) for name, values in per_window.items()}
+    sizes = {arr.size for arr in arrays.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"per-window arrays of unequal length {sorted(sizes)}; pass one value per window each")
+    n = sizes.pop()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = float(np.asarray(statistic({k: v[None, :] for k, v in arrays.items()})).reshape(-1)[0])
+    if n < 2:
+        return CI(estimate, estimate, estimate, confidence, "degenerate", degenerate=True)
+    index = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.asarray(statistic({k: v[index] for k, v in arrays.items()}), dtype=np.float64).reshape(-1)
+    defined = values[~np.isnan(values)]
+    if defined.size == 0:
+        return CI(estimate, math.nan, math.nan, confidence, "window bootstrap percentile (undefined)", True)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(defined, [alpha, 1.0 - alpha])
+    method = "window bootstrap percentile (paired)"
+    if defined.size < values.size:
+        method += f", {values.size - defined.size} of {values.size} resamples undefined"
+    return CI(estimate, float(low), float(high), confidence, method, bool(low == high))
