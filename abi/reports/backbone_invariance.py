@@ -106,3 +106,32 @@ def verdict_sentence(result: dict[str, Any]) -> str:
         )
     return " ".join(parts)
 
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the book's summary table: published efficacies beside ours, per backbone."""
+    published = result["published"]
+    rows = []
+    for name, summary in result["summary"].items():
+        for oracle, label_text in (("ours", "our oracle (fresh module on B')"),
+                                   ("original", "original's oracle (fresh module on B)")):
+            efficacy = summary["efficacy"]["plain"][oracle]
+            ours = (f"{efficacy['estimate']:.1%} [{efficacy['low']:.1%}, {efficacy['high']:.1%}], "
+                    f"{efficacy['verdict']}" if _defined(efficacy["low"]) else f"undefined, {efficacy['verdict']}")
+            rows.append({"claim": "4. backbone-update invariance", "figure": f"{name}: transfer efficacy, {label_text}",
+                         "published": f"T5-large {published['t5-large']['efficacy']:.1%}, "
+                                      f"GPT-2-medium {published['gpt2-medium']['efficacy']:.1%} (pass at 50%)",
+                         "ours": ours})
+    ours_verdicts = {name: v["plain"]["ours"] for name, v in result["verdicts"].items()}
+    # A FAIL where the efficacy is measurable refutes the claim; an ill-conditioned or inconclusive
+    # backbone neither supports nor refutes it.
+    if any(v == "FAIL" for v in ours_verdicts.values()):
+        verdict = "not reproduced"
+    elif any(v == "PASS" for v in ours_verdicts.values()):
+        verdict = "reproduced"
+    else:
+        verdict = "not testable here"
+    why = "; ".join(f"{name}: {v} under our oracle" for name, v in ours_verdicts.items())
+    if verdict == "reproduced" and any(v != "PASS" for v in ours_verdicts.values()):
+        why += " (reproduced on the backbones where the efficacy is well defined)"
+    return [{**row, "verdict": verdict, "why": why} for row in rows]

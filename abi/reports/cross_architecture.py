@@ -261,3 +261,30 @@ def glue_values(result: dict[str, Any]) -> dict[str, Any]:
             values["c2_t5_cpu_tokens_per_s"] = zoo["cpu_probe"]["tokens_per_s"]
             values["c2_t5_cpu_hours"] = zoo["cpu_probe"]["recipe_hours_at_this_rate"]
     return values
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the book's summary table: the published cross-architecture row beside each pair."""
+    published = result["published"]["official"]
+    rows = []
+    for key in result["pair_keys"]:
+        verdicts = result["verdicts"][key]
+        migrated = result["groups"][key]["migrated"]
+        random = result["groups"][key]["random_module"]
+        contrast = result["contrasts"][key]["pooled"]["migrated_minus_random_module"]
+        verdict = "reproduced" if verdicts["claim"] == "reproduced" else "not reproduced"
+        no_module = verdicts["held_out_nib_by_arm"]["no_module"]
+        why = (f"{key}: {verdicts['claim']}; the migrated module minus a random module put through the same "
+               f"Procrustes + KD, held-out top-5: {contrast['estimate']:+.4f} [{contrast['low']:+.4f}, "
+               f"{contrast['high']:+.4f}] (random module alone: {random['top5']['estimate']:.4f}); the bare "
+               f"target backbone's NIB verdict: {no_module}")
+        for metric in CORE_METRICS:
+            ci = migrated[metric]
+            rows.append({"claim": "2. cross-architecture", "figure": f"{key}: {metric} (held-out, seed CI)",
+                         "published": f"{published[metric]:.4g}",
+                         "ours": f"{ci['estimate']:.4g} [{ci['low']:.4g}, {ci['high']:.4g}]",
+                         "verdict": verdict, "why": why})
+    # One verdict per claim: reproduced only when every pair reproduces it.
+    overall = "reproduced" if all(r["verdict"] == "reproduced" for r in rows) else "not reproduced"
+    joined = "; ".join(dict.fromkeys(r["why"] for r in rows))
+    return [{**row, "verdict": overall, "why": joined} for row in rows]

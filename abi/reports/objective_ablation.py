@@ -211,3 +211,37 @@ def verdict_paragraph(result: dict[str, Any]) -> str:
         "seeds to tell', not 'equal'. The budget is a small fraction of the seed's 16,000 steps: the ranking is of "
         "objectives at this budget.",
     ]).strip()
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the book's summary table: the seed's ablation statements beside ours."""
+    statements, groups, published = result["statements"], result["groups"], result["published"]
+    kl = statements["kl"]
+    best = statements["corr_mse_best"]
+    reproduced = kl.get("verdict") == "confirmed" and best.get("verdict") == "confirmed"
+    verdict = "reproduced" if reproduced else "not reproduced"
+    why = (f"KL statement: {kl.get('verdict')}; 'corrMSE is best': {best.get('verdict')} "
+           f"(significantly worse: {', '.join(best['significantly_worse']) or 'none'}; not separable: "
+           f"{', '.join(best['not_separable']) or 'none'}); logit-MSE reaches top-5 "
+           f"{groups['logit_mse']['top5']['estimate']:.3f}, not about {published['logit_mse_top5']}")
+    rows = []
+    if kl.get("status") == "run":
+        drop = kl["top5_drop"]["over_seeds"]
+        loss = kl["training_loss_reduction"]
+        rows += [
+            {"figure": "KL: lower training loss than corrMSE (relative)",
+             "published": f"{published['kl_training_loss_reduction']:.1%}",
+             "ours": f"{loss['estimate']:.1%} [{loss['low']:.1%}, {loss['high']:.1%}] (different units)"},
+            {"figure": "KL: top-5 lower than corrMSE by", "published": f"{published['kl_top5_drop']:.3f}",
+             "ours": f"{drop['estimate']:.4f} [{drop['low']:.4f}, {drop['high']:.4f}]"},
+        ]
+    logit = groups["logit_mse"]["top5"]
+    rows += [
+        {"figure": "logit-MSE: held-out top-5", "published": f"about {published['logit_mse_top5']}",
+         "ours": f"{logit['estimate']:.4f} [{logit['low']:.4f}, {logit['high']:.4f}]"},
+        {"figure": "corrMSE is the best objective", "published": "yes",
+         "ours": f"{best['verdict']} (highest mean top-5: {label(best['highest_mean_top5'])})"},
+        {"figure": "weighted corrMSE", "published": str(published["weighted_corr_mse"]),
+         "ours": _ci(groups["weighted_corr_mse"]["top5"]) + " top-5 vs corrMSE " + _ci(groups["corr_mse"]["top5"])},
+    ]
+    return [{"claim": "3. objective ablation", **row, "verdict": verdict, "why": why} for row in rows]
