@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import io
 import shutil
@@ -235,7 +236,8 @@ def _fake_sdist(dest: Path, name: str, version: str) -> Path:
         "README.md": b"not python\n",
     }
     archive = dest / f"{name}-{version}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
+    # A fixed gzip mtime keeps the archive byte-identical across refetches, like a real pinned sdist.
+    with gzip.GzipFile(archive, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tf:
         for rel, payload in members.items():
             info = tarfile.TarInfo(f"{name}-{version}/{rel}")
             info.size = len(payload)
