@@ -112,3 +112,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch: pyt
 def test_missing_file_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(ResultFileError, match="make book"):
         load_result(tmp_path / "absent.json")
+
+
+def test_benchmark_loader_names_missing_sections(tmp_path):
+    from abi.reports.loading import load_benchmarks
+
+    path = tmp_path / "benchmarks.json"
+    path.write_text(json.dumps({"schema": 1, "device": "cpu", "sections": {"feature_cache": {}}}))
+    with pytest.raises(ResultFileError, match="nib_evaluator, scaling missing"):
+        load_benchmarks(path)
+    assert load_benchmarks(tmp_path / "absent.json", required=False) is None
+    path.write_text("{not json")
+    with pytest.raises(ResultFileError, match="not valid JSON"):
+        load_benchmarks(path)
