@@ -85,9 +85,12 @@ def time_test_suite() -> dict:
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=REPO_ROOT,
                          capture_output=True, text=True)
     wall = round(time.perf_counter() - start, 1)
-    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    lines = out.stdout.strip().splitlines()
+    summary = lines[-1] if lines else ""
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
     return {"notebook": "test suite", "profile": "-", "wall_s": wall, "exit_code": out.returncode,
-            "summary": summary, "target_s": 600, "meets_target": out.returncode == 0 and wall <= 600,
+            "summary": summary, "failures": failures, "target_s": 600,
+            "meets_target": out.returncode == 0 and wall <= 600,
             "source": "measured in this run"}
 
 
@@ -95,6 +98,7 @@ def run(profiles: list[str], tests: bool = False) -> dict:
     records = [time_test_suite()] if tests else []
     with tempfile.TemporaryDirectory(prefix="abi-e2e-") as tmp:
         for profile in profiles:
+            (Path(tmp) / profile).mkdir()
             for name in notebook_names():
                 if profile == "cpu":
                     record = committed_cpu_run(name)
