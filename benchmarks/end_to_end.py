@@ -74,8 +74,9 @@ def _with_target(record: dict) -> dict:
     minutes = TARGET_MINUTES.get(record["profile"], {}).get(record["notebook"])
     wall = record.get("wall_s")
     record["target_s"] = minutes * 60 if minutes else None
-    record["meets_target"] = bool(minutes and wall is not None and record.get("exit_code", 0) == 0
-                                  and wall <= minutes * 60)
+    # Report notebooks have no target: None (not False), so the table does not show a miss.
+    record["meets_target"] = None if not minutes else bool(
+        wall is not None and record.get("exit_code", 0) == 0 and wall <= minutes * 60)
     return record
 
 
