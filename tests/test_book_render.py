@@ -10,7 +10,6 @@ from a fresh smoke-profile run of the toc's notebooks (about a minute more on an
 
 from __future__ import annotations
 
-import json
 import shutil
 import struct
 import threading
@@ -20,6 +19,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import nbformat
 import pytest
 
 from abi import book_assets
@@ -130,7 +130,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, 
 
 def _figure_outputs(notebook: Path) -> int:
     """Images among an executed notebook's cell outputs (each must appear on its page)."""
-    cells = json.loads(notebook.read_text())["cells"]
+    cells = nbformat.read(notebook, as_version=4).cells
     return sum("image/png" in output.get("data", {}) for cell in cells for output in cell.get("outputs", []))
 
 
