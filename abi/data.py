@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from abi.cache_integrity import load_array, load_checked, save_array
 from abi.paths import cache_dir
 
 Split = Literal["train", "validation", "test"]
@@ -350,7 +351,8 @@ def token_stream(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int 
 
     Cached as a plain ``.npy`` under ``cache_dir()/tokens`` (a flat array is all windows need;
     ``datasets`` would add Arrow overhead for nothing), keyed by sha256 of the tokenizer
-    identity, the separator and the files' paths and hashes.
+    identity, the separator and the files' paths and hashes; its ``.json`` records the array's
+    sha256, checked on load (a damaged entry is rebuilt, see :mod:`abi.cache_integrity`).
     """
     if separator_id is None:
         separator_id = tokenizer.eos_token_id
@@ -360,19 +362,13 @@ def token_stream(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int 
     key_doc = {"format": _FORMAT, "tokenizer": tokenizer_identity(tokenizer),
                "separator_id": int(separator_id), "files": _files_hash(ordered)}
     key = _sha256(json.dumps(key_doc, sort_keys=True).encode())
-    folder = cache_dir() / "tokens"
-    path = folder / f"{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    stream = _encode_files(ordered, tokenizer, int(separator_id))
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=folder)
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, stream)
-    os.replace(tmp, path)
-    (folder / f"{key}.json").write_text(json.dumps({**key_doc, "n_files": len(ordered),
-                                                    "n_tokens": int(stream.size)}, indent=1))
-    return stream
+    path = cache_dir() / "tokens" / f"{key}.npy"
+
+    def build() -> None:
+        stream = _encode_files(ordered, tokenizer, int(separator_id))
+        save_array(path, stream, {**key_doc, "n_files": len(ordered), "n_tokens": int(stream.size)})
+
+    return load_checked(path, lambda: load_array(path), build, companions=[path.with_suffix(".json")])
 
 
 def _too_short(n_tokens: int, needed: int, what: str) -> CorpusTooShortError:

@@ -4,7 +4,8 @@ The backbone is frozen, so the tap hidden states of a window never change: they 
 once, stored memory-mapped on disk (keyed by backbone fingerprint + taps + window tokens), and
 every training stage reads them from there. The original recomputed the whole backbone at every
 step of every stage; ``benchmarks/`` measures what the cache saves. An interrupted extraction
-resumes from the last finished batch.
+resumes from the last finished batch. Entries are hashed, checked, locked while built and
+rebuilt when damaged (:mod:`abi.cache_integrity`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,21 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from abi.backbones import Backbone
+from abi.cache_integrity import (
+    HASH_NAME,
+    BadEntry,
+    atomic_write_json,
+    check_digests,
+    discard,
+    load_checked,
+    read_json,
+    record_digests,
+)
 from abi.paths import cache_dir
 
 IGNORE_INDEX = -100
 _FORMAT = 1
+_PROGRESS = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -133,21 +145,43 @@ def extract_features(
     root: Path | None = None,
     desc: str = "tap features",
 ) -> FeatureSet:
-    """Run the frozen backbone once over ``windows`` and cache the tap features on disk."""
+    """Run the frozen backbone once over ``windows`` and cache the tap features on disk.
+
+    The entry is checked (see :mod:`abi.cache_integrity`) before use; a damaged one is rebuilt.
+    """
     taps = backbone.check_taps(taps)
     np_dtype = np.dtype(dtype)
     key = _cache_key(backbone, windows, taps, np_dtype)
-    base = (root or cache_dir() / "features") / backbone.name.replace("/", "_")
-    final_dir = base / key
-    if (final_dir / "meta.json").is_file():
-        return FeatureSet(final_dir, windows, taps)
-    partial = base / f"{key}.partial"
-    partial.mkdir(parents=True, exist_ok=True)
+    final_dir = (root or cache_dir() / "features") / backbone.name.replace("/", "_") / key
+    meta = {"backbone": backbone.name, "taps": list(taps), "n_windows": len(windows), "seq_len": windows.seq_len,
+            "dtype": np_dtype.name}
+    return load_checked(
+        final_dir,
+        lambda: _open_checked(final_dir, windows, taps, meta),
+        lambda: _build(backbone, windows, taps, np_dtype, final_dir, meta, batch_windows, desc),
+    )
+
+
+def _open_checked(directory: Path, windows: Windows, taps: tuple[int, ...], meta: dict) -> FeatureSet:
+    """The entry as a FeatureSet, or :class:`BadEntry` if its metadata or content does not check out."""
+    recorded = read_json(directory / "meta.json")
+    described = {name: recorded.get(name) for name in meta}
+    if described != meta:
+        raise BadEntry(f"meta.json describes {described}, expected {meta}")
+    check_digests(directory, recorded.get(HASH_NAME))
+    try:
+        return FeatureSet(directory, windows, taps)
+    except (OSError, ValueError) as error:
+        raise BadEntry(f"numpy cannot read it ({error})") from error
+
+
+def _build(backbone: Backbone, windows: Windows, taps: tuple[int, ...], dtype: np.dtype, final_dir: Path,
+           meta: dict, batch_windows: int, desc: str) -> None:
+    """Extract into ``<key>.partial`` (resuming a checked earlier attempt), then rename it into place."""
+    partial = final_dir.with_name(f"{final_dir.name}.partial")
     n, t, k, d = len(windows), windows.seq_len, len(taps), backbone.d_model
-    tap_store = _open_store(partial / "taps.npy", (n, t, k, d), np_dtype)
-    final_store = _open_store(partial / "final.npy", (n, t, d), np_dtype)
-    progress_file = partial / "progress.json"
-    done = json.loads(progress_file.read_text())["done"] if progress_file.is_file() else 0
+    shapes = {"taps.npy": (n, t, k, d), "final.npy": (n, t, d)}
+    done, chain, (tap_store, final_store) = _resume(partial, shapes, dtype)
     with tqdm(total=n, initial=done, desc=f"{desc} ({backbone.name})", unit="window") as bar:
         for start in range(done, n, batch_windows):
             stop = min(start + batch_windows, n)
@@ -155,24 +189,60 @@ def extract_features(
             device = next(backbone.model.parameters()).device
             encoder_ids = chunk.encoder_ids.to(device) if chunk.encoder_ids is not None else None
             out = backbone.tap_features(chunk.input_ids.to(device), taps, encoder_ids=encoder_ids)
-            tap_store[start:stop] = out.taps.cpu().numpy().astype(np_dtype)
-            final_store[start:stop] = out.final.cpu().numpy().astype(np_dtype)
+            tap_rows, final_rows = out.taps.cpu().numpy().astype(dtype), out.final.cpu().numpy().astype(dtype)
+            tap_store[start:stop] = tap_rows
+            final_store[start:stop] = final_rows
             tap_store.flush()
             final_store.flush()
-            progress_file.write_text(json.dumps({"done": stop}))
+            chain = _chain(chain, tap_rows, final_rows)
+            atomic_write_json(partial / _PROGRESS, {"done": stop, "chain": chain}, indent=None)
             bar.update(stop - start)
     del tap_store, final_store
-    meta = {"backbone": backbone.name, "taps": list(taps), "n_windows": n, "seq_len": t, "dtype": np_dtype.name}
-    (partial / "meta.json").write_text(json.dumps(meta, indent=2))
-    progress_file.unlink()
+    atomic_write_json(partial / "meta.json", {**meta, HASH_NAME: record_digests(partial, shapes)})
+    (partial / _PROGRESS).unlink()
     os.replace(partial, final_dir)
-    return FeatureSet(final_dir, windows, taps)
 
 
-def _open_store(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
-    """Open (resume) or create a memory-mapped .npy array of the given shape."""
-    if path.is_file():
-        store = np.load(path, mmap_mode="r+")
-        if store.shape == shape and store.dtype == dtype:
-            return store
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+def _chain(chain: str, tap_rows: np.ndarray, final_rows: np.ndarray) -> str:
+    """Extend the running hash of the finished windows, one window at a time (batch sizes may differ)."""
+    for taps_row, final_row in zip(tap_rows, final_rows):
+        digest = hashlib.sha256(chain.encode())
+        digest.update(np.ascontiguousarray(taps_row).tobytes())
+        digest.update(np.ascontiguousarray(final_row).tobytes())
+        chain = digest.hexdigest()
+    return chain
+
+
+def _resume(partial: Path, shapes: dict[str, tuple[int, ...]], dtype: np.dtype) -> tuple[int, str, list]:
+    """``(windows done, their running hash, stores)`` of a checked earlier attempt, or a fresh start.
+
+    Progress is written after the rows are flushed, so a clean kill loses at most one batch. An
+    empty or invalid progress file, or rows that no longer match its hash, restart from zero.
+    """
+    if (partial / _PROGRESS).exists():
+        try:
+            return _checked_progress(partial, shapes, dtype)
+        except BadEntry as bad:
+            discard(partial, f"cannot resume: {bad}")
+    partial.mkdir(parents=True, exist_ok=True)
+    stores = [np.lib.format.open_memmap(partial / name, mode="w+", dtype=dtype, shape=shape)
+              for name, shape in shapes.items()]
+    return 0, "", stores
+
+
+def _checked_progress(partial: Path, shapes: dict[str, tuple[int, ...]], dtype: np.dtype) -> tuple[int, str, list]:
+    """The resume point if the progress file is valid and the finished rows still match its hash."""
+    progress = read_json(partial / _PROGRESS)
+    done, chain = progress.get("done"), progress.get("chain")
+    n = next(iter(shapes.values()))[0]
+    if not isinstance(done, int) or not 0 <= done <= n or not isinstance(chain, str):
+        raise BadEntry(f"{_PROGRESS} holds {progress}, not a window count in 0..{n} and a hash")
+    try:
+        stores = [np.load(partial / name, mmap_mode="r+") for name in shapes]
+    except (OSError, ValueError) as error:
+        raise BadEntry(f"numpy cannot read the partial arrays ({error})") from error
+    if [(s.shape, s.dtype) for s in stores] != [(shape, dtype) for shape in shapes.values()]:
+        raise BadEntry("the partial arrays do not have the expected shapes and dtype")
+    if _chain("", stores[0][:done], stores[1][:done]) != chain:
+        raise BadEntry(f"the {done} finished windows no longer match the hash in {_PROGRESS}")
+    return done, chain, stores

@@ -26,8 +26,8 @@ class BackboneCalled(AssertionError):
 
 
 def _entries(root):
-    """Cache entries under root: {'<backbone>/<key>', ...}."""
-    return {f"{p.parent.name}/{p.name}" for p in root.glob("*/*")}
+    """Cache entries under root: {'<backbone>/<key>', ...} (not their .lock files)."""
+    return {f"{p.parent.name}/{p.name}" for p in root.glob("*/*") if p.is_dir()}
 
 
 # -- window layouts --------------------------------------------------------------------------------
@@ -66,7 +66,9 @@ def test_extracted_features_equal_a_direct_backbone_call(tmp_path, tiny_llama, w
     assert torch.equal(labels, windows.labels)
     assert features.directory.parent == tmp_path / "tiny-llama"
     meta = json.loads((features.directory / "meta.json").read_text())
+    hashes = meta.pop("sha256")
     assert meta == {"backbone": "tiny-llama", "taps": [2, 4], "n_windows": 10, "seq_len": 12, "dtype": "float32"}
+    assert sorted(hashes) == ["final.npy", "taps.npy"] and all(len(h) == 64 for h in hashes.values())
     assert not (features.directory / "progress.json").exists()
 
 
@@ -104,7 +106,8 @@ def test_interrupted_extraction_resumes_and_matches_an_uninterrupted_run(tmp_pat
         extract_features(tiny_llama, windows, TAPS, batch_windows=4, root=root)
     partials = list(root.glob("tiny-llama/*.partial"))
     assert len(partials) == 1
-    assert json.loads((partials[0] / "progress.json").read_text()) == {"done": 4}
+    progress = json.loads((partials[0] / "progress.json").read_text())
+    assert progress["done"] == 4 and len(progress["chain"]) == 64  # the finished windows' running hash
     assert not (partials[0] / "meta.json").exists()
 
     resumed_calls: list[int] = []

