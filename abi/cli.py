@@ -36,17 +36,21 @@ def _build_book(args: argparse.Namespace) -> None:
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from abi.verify import verify_results
+    """Print one line per check (every problem, not just the first); exit 1 when any failed."""
+    from abi.verify import Finding, verify_results
 
     results = Path(args.results_dir)
-    findings = verify_results(results)
+    try:
+        findings = verify_results(results)
+    except Exception as error:  # the verifier reports; it must never end in a traceback
+        findings = [Finding(results, False, f"{results}: the verifier failed ({type(error).__name__}: {error}).")]
     if not findings:
-        raise SystemExit(f"no result files under {results}; run `make book` first.")
+        raise SystemExit(f"nothing to verify under {results}; run `make book` first.")
     for finding in findings:
         print(f"OK   {finding.path}" if finding.ok else f"FAIL {finding.message}")
     failures = sum(not f.ok for f in findings)
     if failures:
-        raise SystemExit(f"{failures} file(s) failed verification.")
+        raise SystemExit(f"{failures} problem(s) found; verification failed.")
     print(f"all {len(findings)} result and figure files verified")
 
 

@@ -1,6 +1,6 @@
 """Backbone updates: a full fine-tune of a backbone on English prose (claim 4).
 
-The seed fine-tunes its backbone for 1,000 steps on WikiText-2 and then applies an ABI module
+The release fine-tunes its backbone for 1,000 steps on WikiText-2 and then applies an ABI module
 trained on the old backbone zero-shot. Here the update is a seeded, deterministic full fine-tune
 (AdamW, linear warm-up then constant LR, gradient clipping) on token windows of the Wikipedia
 prose corpus (:mod:`abi.prose`, the offline stand-in for WikiText-2).
@@ -160,7 +160,7 @@ def update_losses(trainee: Backbone, base: Backbone, batch: Windows, config: Fin
     """
     if not config.protected:
         return _lm_loss(_logits(trainee.model, trainee, batch), batch.labels), torch.zeros(())
-    with trainee._capture(config.protect_taps) as captured:
+    with trainee.capture_taps(config.protect_taps) as captured:
         logits = _logits(trainee.model, trainee, batch)
     taps = torch.stack([captured[f"tap{t}"] for t in config.protect_taps], dim=-2).float()
     target = base.tap_features(batch.input_ids, config.protect_taps, encoder_ids=batch.encoder_ids).taps
@@ -208,7 +208,7 @@ def _updated_backbone(base: Backbone, model: nn.Module, key: str, config: Finetu
     return Backbone(spec, model, base.tokenizer, identity)
 
 
-def _folder(base: Backbone, key: str, root: Path | None) -> Path:
+def _cache_folder(base: Backbone, key: str, root: Path | None) -> Path:
     return (root or cache_dir() / "finetuned") / base.name.replace("/", "_") / key
 
 
@@ -237,7 +237,7 @@ def finetune_backbone(
         raise ValueError("no fine-tuning windows; the prose train split is empty or the windows are too long.")
     before = base.fingerprint(recompute=True)
     key = update_key(base, windows, config)
-    folder = _folder(base, key, root)
+    folder = _cache_folder(base, key, root)
     if cache and (folder / "meta.json").is_file():
         return _load_cached(base, folder, key, config, windows, data)
     partial = folder.with_name(folder.name + ".partial")
@@ -260,8 +260,8 @@ def _train(base: Backbone, windows: Windows, config: FinetuneConfig, key: str, d
     model = copy.deepcopy(base.model)
     trainee = _updated_backbone(base, model, key, config, windows, data)  # freezes; re-enabled below
     model.requires_grad_(True)
-    params = [p for p in model.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr_at(0), weight_decay=config.weight_decay)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr_at(0), weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     run = FinetuneRun(trainee, key, config)
     with torch.random.fork_rng(devices=[]):
@@ -284,7 +284,7 @@ def _train(base: Backbone, windows: Windows, config: FinetuneConfig, key: str, d
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
+            nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             optimizer.step()
             run.losses.append(lm_loss.item())
             run.protect_losses.append(protect_loss.item())
@@ -342,4 +342,5 @@ def _load_cached(base: Backbone, folder: Path, key: str, config: FinetuneConfig,
         raise FinetuneCacheError(f"{folder}: the cached weights do not match their recorded fingerprint; "
                                  "delete the folder to re-run the update.")
     log = meta["log"]
-    return FinetuneRun(backbone, key, config, log["losses"], log["protect_losses"], log["lrs"], from_cache=True)
+    return FinetuneRun(backbone=backbone, key=key, config=config, losses=log["losses"],
+                       protect_losses=log["protect_losses"], lrs=log["lrs"], from_cache=True)

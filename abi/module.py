@@ -8,7 +8,7 @@ Read top to bottom::
 
 ``proj_in`` and ``proj_out`` are the interface to a backbone (recalibrated when a module moves
 to another model); ``domain`` and ``alpha`` are the domain knowledge. Bias-free projections and
-the two LayerNorms follow the seed, so the paper configuration (6 taps, d=1024, bottleneck 4096)
+the two LayerNorms follow the release, so the paper configuration (6 taps, d=1024, bottleneck 4096)
 has exactly 163,627,009 parameters.
 """
 
@@ -100,7 +100,7 @@ class ABIModule(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of parameters, the figure the seed reports (163,627,009 for its candidate)."""
+    """Number of parameters, the figure the release reports (163,627,009 for its candidate)."""
     return sum(p.numel() for p in module.parameters())
 
 

@@ -8,7 +8,7 @@ candidate's ``H(f + c)``. Means run over positions (and the last dimension where
 ==========================  ================================================================  =====
 name                        loss                                                              head
 ==========================  ================================================================  =====
-``corr_mse``                ``mean (c - a)^2``: the seed's corrMSE                            no
+``corr_mse``                ``mean (c - a)^2``: the release's corrMSE                            no
 ``kl_logits``               ``T^2 * mean_t KL(softmax(H(f+a)/T) || softmax(H(f+c)/T))``      yes
 ``logit_mse``               ``mean (H(f+c) - H(f+a))^2`` over positions and vocabulary        yes
 ``weighted_corr_mse``       ``mean_t w_t * mean_d (c - a)^2``, ``w_t ∝ |f_t + a_t|^power``    no
@@ -112,7 +112,7 @@ def _logits_pair(candidate: Tensor, target: Tensor, context: dict[str, Any], obj
 
 # -- the objectives ---------------------------------------------------------------------------------
 def corr_mse(candidate: Tensor, target: Tensor, **_: Any) -> Tensor:
-    """The seed's objective: mean squared error between correction vectors (hidden space)."""
+    """The release's objective: mean squared error between correction vectors (hidden space)."""
     return (candidate - target).pow(2).mean()
 
 
@@ -121,7 +121,7 @@ def kl_logits(candidate: Tensor, target: Tensor, temperature: float = 1.0, **con
 
     ``T^2 * mean_t KL(p_T || q_T)`` with ``p_T = softmax(H(f+a)/T)``, ``q_T = softmax(H(f+c)/T)``:
     the direction NIB's ``kl_ac`` diagnostic measures, and the T^2 factor keeps gradient sizes
-    comparable across temperatures (Hinton et al.). T = 1 is the seed's "raw KL".
+    comparable across temperatures (Hinton et al.). T = 1 is the release's "raw KL".
     """
     anchor_logits, candidate_logits = _logits_pair(candidate, target, context, "kl_logits")
     log_p = torch.log_softmax(anchor_logits.float() / temperature, dim=-1)
@@ -184,9 +184,9 @@ def final_hidden_mse(candidate: Tensor, target: Tensor, **context: Any) -> Tenso
 
     Honest note: both models share the frozen backbone's ``f``, so ``(f + c) - (f + a) = c - a``
     and this objective *is* corrMSE, exactly, not up to a constant: the loss values and gradients
-    agree up to float32 rounding of the additions. The seed lists it as a separate objective; the
+    agree up to float32 rounding of the additions. The release lists it as a separate objective; the
     ablation runs it anyway to show that its results coincide with corrMSE's. (An objective on the
-    hidden state *after* the final norm would differ; the seed does not describe one.)
+    hidden state *after* the final norm would differ; the release does not describe one.)
     """
     final = _require(context, "final", "final_hidden_mse")
     return ((final + candidate) - (final + target)).pow(2).mean()

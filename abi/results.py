@@ -4,10 +4,15 @@ Every summary figure in a result file is derived from the raw values stored besi
 functions here, so the verifier can recompute it without any model and fail loudly on a
 mismatch. Writes go to a temporary file that is renamed into place: a crash never leaves a
 half-written result.
+
+Fields that are not derived (parameters, published figures, anchor perplexities, provenance) cannot
+be recomputed, so every file is sealed when written: ``content_sha256`` is the hash of every other
+field, and a file edited after it was written no longer matches its seal.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,7 +24,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -31,6 +36,7 @@ SCHEMA_VERSION = 1
 REQUIRED_FIELDS = ("schema_version", "claim", "profile", "parameters", "provenance", "timings", "comparisons")
 COMPARISON_SECTIONS = ("comparisons", "official")
 COMPARISON_FIELDS = ("reference", "per_window", "nll", "summary", "ci", "pass", "verdict")
+SEAL_FIELD = "content_sha256"
 _LIBRARIES = ("torch", "transformers", "numpy", "scipy", "datasets", "abi")
 
 
@@ -153,11 +159,59 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def content_hash(result: dict[str, Any]) -> str:
+    """SHA-256 of a result's content (every field but its seal), independent of JSON formatting.
+
+    One function for both stamps: the seal written into the file and the hash every figure drawn
+    from it carries, so a figure drawn before a file was sealed still matches it.
+    """
+    content = {key: value for key, value in result.items() if key != SEAL_FIELD}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, allow_nan=False, default=str).encode()).hexdigest()
+
+
+def sealed(result: dict[str, Any]) -> dict[str, Any]:
+    """The result as it will read back from disk (strict JSON types, string keys), its seal appended last.
+
+    Hashing the round-tripped form matters: integer keys become strings and re-sort on reading.
+    """
+    content = json.loads(json.dumps(_finite_json({k: v for k, v in result.items() if k != SEAL_FIELD}),
+                                    allow_nan=False))
+    return {**content, SEAL_FIELD: content_hash(content)}
+
+
+def check_seal(result: dict[str, Any], source: str = "<result>") -> None:
+    """Refuse a result whose content no longer matches the seal written with it."""
+    stored = result.get(SEAL_FIELD)
+    if stored is None:
+        raise ResultFileError(f"{source}: no {SEAL_FIELD} seal (written by an older library, or rebuilt by hand); "
+                              "re-run its notebook to rewrite it.")
+    if stored != content_hash(result):
+        raise ResultFileError(
+            f"{source}: edited after it was written: its content no longer matches its {SEAL_FIELD} seal (fields "
+            "the re-derivation cannot check, such as parameters, published, anchor_ppl or provenance, are "
+            "covered only by the seal); re-run its notebook to rewrite it."
+        )
+
+
 def write_result(path: Path, result: dict[str, Any]) -> Path:
-    """Check ``result`` against the schema and its own raw data, then write it atomically."""
+    """Check ``result`` against the schema and its own raw data, then write it atomically, sealed."""
     check_result(result, source=str(path))
-    atomic_write_text(path, json.dumps(_finite_json(result), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(sealed(result), indent=1, allow_nan=False) + "\n")
     return path
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number strict JSON allows")
+
+
+def read_json(path: Path, remedy: str = "re-run its notebook") -> Any:
+    """Parse a result file as strict JSON: NaN and Infinity are refused, not read back as numbers."""
+    try:
+        return json.loads(Path(path).read_text(), parse_constant=_reject_constant)
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ResultFileError(
+            f"{path}: not valid JSON ({error}); the file is truncated or corrupted: {remedy}."
+        ) from error
 
 
 def load_result(path: Path) -> dict[str, Any]:
@@ -165,13 +219,9 @@ def load_result(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ResultFileError(f"{path}: no such result file; run its notebook first (see `make book`).")
-    try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ResultFileError(
-            f"{path}: not valid JSON ({error}); the file is truncated or corrupted: re-run its notebook."
-        ) from error
+    result = read_json(path)
     check_result(result, source=str(path))
+    check_seal(result, source=str(path))
     return result
 
 
@@ -192,7 +242,23 @@ def _close(a: Any, b: Any, tol: float = 1e-9) -> bool:
 
 
 def check_result(result: dict[str, Any], source: str = "<result>") -> None:
-    """Schema and consistency check: every summary must follow from the stored raw values."""
+    """Schema and consistency check: every summary must follow from the stored raw values.
+
+    A section missing or of the wrong type is a :class:`ResultFileError` naming the file, never a
+    bare ``KeyError`` from deep inside a deriver.
+    """
+    try:
+        _check_result(result, source)
+    except ResultFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as error:
+        raise ResultFileError(
+            f"{source}: malformed, a section is missing or has the wrong type ({type(error).__name__}: {error}); "
+            "re-run its notebook."
+        ) from error
+
+
+def _check_result(result: dict[str, Any], source: str) -> None:
     if not isinstance(result, dict):
         raise ResultFileError(f"{source}: top level must be a JSON object.")
     if missing := _missing(result, REQUIRED_FIELDS):
@@ -236,3 +302,39 @@ def _check_comparison(comparison: dict[str, Any], bootstrap: dict[str, int], whe
                 f"{where}.{field}: stored {comparison[field]!r} does not match {expected!r} recomputed "
                 "from the raw per-window values; the file was edited or is corrupted: re-run its notebook."
             )
+
+
+# -- pieces every claim's result file shares ----------------------------------------------------------
+def result_document(claim: str, params: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    """A result file's content: the common header, then the claim's own sections in the given order.
+
+    The header is the schema version, the claim, the profile, every parameter and the provenance.
+    """
+    header = {"schema_version": SCHEMA_VERSION, "claim": claim, "profile": params["profile"], "parameters": params,
+              "provenance": provenance()}
+    return {**header, **sections}
+
+
+def comparison_record(scores: Any, bootstrap: dict[str, int], reference: str, **extra: Any) -> dict[str, Any]:
+    """One comparison of a result file from a :class:`abi.evaluate.VariantScores`: the raw
+    per-window values and NLL, then everything :func:`derive_comparison` computes from them."""
+    per_window = {key: list(values) for key, values in scores.per_window.items()}
+    nll = {"sum": list(scores.nll_sum), "n_tokens": list(scores.n_tokens)}
+    return {"reference": reference, **extra, "per_window": per_window, "nll": nll,
+            **derive_comparison(per_window, nll, bootstrap)}
+
+
+def fingerprint_after(backbone: Any, fingerprint_before: str) -> str:
+    """Recompute a backbone's weight fingerprint and refuse the run if training changed the weights."""
+    after = backbone.fingerprint(recompute=True)
+    if after != fingerprint_before:
+        raise RuntimeError(f"{backbone.name!r}: the backbone's weights changed during the run (fingerprint "
+                           f"{fingerprint_before[:12]} -> {after[:12]}); the run is invalid.")
+    return after
+
+
+def backbone_record(backbone: Any, fingerprint_before: str) -> dict[str, Any]:
+    """A frozen backbone as a result file records it: description and the fingerprints that prove it frozen."""
+    after = fingerprint_after(backbone, fingerprint_before)
+    return {**backbone.describe(), "fingerprint_before": fingerprint_before, "fingerprint_after": after,
+            "unchanged": True}

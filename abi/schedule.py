@@ -1,14 +1,14 @@
-"""Learning-rate schedules: the seed's four-phase calibration schedule, scaled to any budget."""
+"""Learning-rate schedules: the release's four-phase calibration schedule, scaled to any budget."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The seed's calibration: 16,000 steps, 400 warm-up, LR 5e-3 / 5e-4 / 5e-5 / 5e-6 for
+# The release's calibration: 16,000 steps, 400 warm-up, LR 5e-3 / 5e-4 / 5e-5 / 5e-6 for
 # 4000 / 3000 / 3000 / 6000 steps.
-SEED_PHASE_STEPS = (4000, 3000, 3000, 6000)
-SEED_PHASE_LRS = (5e-3, 5e-4, 5e-5, 5e-6)
-SEED_WARMUP_STEPS = 400
+RELEASE_PHASE_STEPS = (4000, 3000, 3000, 6000)
+RELEASE_PHASE_LRS = (5e-3, 5e-4, 5e-5, 5e-6)
+RELEASE_WARMUP_STEPS = 400
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,17 @@ class PhaseSchedule:
         return sum(self.phase_steps)
 
     @classmethod
-    def seed_calibration(cls, total_steps: int, peak_lr: float = SEED_PHASE_LRS[0]) -> PhaseSchedule:
-        """The seed's schedule shape (phase fractions, LR ratios, warm-up fraction) at ``total_steps``."""
-        if total_steps < len(SEED_PHASE_STEPS):
+    def release_calibration(cls, total_steps: int, peak_lr: float = RELEASE_PHASE_LRS[0]) -> PhaseSchedule:
+        """The release's schedule shape (phase fractions, LR ratios, warm-up fraction) at ``total_steps``."""
+        if total_steps < len(RELEASE_PHASE_STEPS):
             raise ValueError(
-                f"calibration needs at least {len(SEED_PHASE_STEPS)} steps for its four phases, got {total_steps}."
+                f"calibration needs at least {len(RELEASE_PHASE_STEPS)} steps for its four phases, got {total_steps}."
             )
-        seed_total = sum(SEED_PHASE_STEPS)
-        steps = [round(total_steps * s / seed_total) for s in SEED_PHASE_STEPS[:-1]]
+        release_total = sum(RELEASE_PHASE_STEPS)
+        steps = [round(total_steps * s / release_total) for s in RELEASE_PHASE_STEPS[:-1]]
         steps.append(total_steps - sum(steps))
-        lrs = tuple(peak_lr * lr / SEED_PHASE_LRS[0] for lr in SEED_PHASE_LRS)
-        warmup = round(total_steps * SEED_WARMUP_STEPS / seed_total)
+        lrs = tuple(peak_lr * lr / RELEASE_PHASE_LRS[0] for lr in RELEASE_PHASE_LRS)
+        warmup = round(total_steps * RELEASE_WARMUP_STEPS / release_total)
         return cls(tuple(steps), lrs, warmup)
 
     @classmethod

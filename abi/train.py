@@ -3,7 +3,7 @@
 * Domain stage: cross-entropy of ``head(final + correction)`` on the domain corpus; the
   gradient flows through the frozen head into the module only.
 * Calibration stage: match a reference module's corrections (corrMSE by default, or another
-  objective from :mod:`abi.objectives`) with the seed's four-phase schedule, gradient clipping
+  objective from :mod:`abi.objectives`) with the release's four-phase schedule, gradient clipping
   and the best 50-step rolling-mean checkpoint restored at the end. corrMSE lives in hidden
   space, so it needs neither the backbone nor its head once the targets are cached.
 """
@@ -144,7 +144,7 @@ def calibrate(
 
     ``target_corrections`` is ``[N, T, d]`` aligned with ``features``. ``parameters`` restricts
     what is trained (e.g. only proj_in/proj_out in a migration). The state with the best
-    ``rolling_window``-step mean loss is restored at the end, as in the seed. ``on_step`` is
+    ``rolling_window``-step mean loss is restored at the end, as in the release. ``on_step`` is
     called every ``eval_every`` steps (and after the last) for calibration curves.
     """
     if target_corrections.shape[0] != len(features):

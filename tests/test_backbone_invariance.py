@@ -4,7 +4,6 @@ refused before any long work."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -15,9 +14,15 @@ from abi.backbones import TapIndexError, UnknownBackboneError, load_backbone
 from abi.checkpoints import CheckpointError, load_module, save_module
 from abi.data import CorpusTooShortError
 from abi.experiments import backbone_invariance as claim
-from abi.experiments.backbone_invariance_stats import efficacy
+from abi.experiments import backbone_invariance_setup, backbone_invariance_training
+from abi.experiments.backbone_invariance_evaluation import evaluate
+from abi.experiments.backbone_invariance_setup import prepare
+from abi.experiments.backbone_invariance_stats import efficacy, glue_values
+from abi.experiments.backbone_invariance_training import check_zero_shot, module_record, train
 from abi.module import ABIModule, ModuleConfig
-from abi.results import ResultFileError, load_result, write_result
+from abi.plotting.backbone_invariance import plot_efficacy, plot_perplexities
+from abi.reports.backbone_invariance import efficacy_table, perplexity_table, update_table, verdict_sentence
+from abi.results import load_result, write_result
 from abi.stats import paired_window_statistic_ci
 from abi.train import TrainingDivergedError
 
@@ -36,8 +41,8 @@ def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     params = claim.validate("smoke", **TINY)
     blocks = {}
     for name in params["backbones"]:
-        setup = claim.prepare(params, name)
-        blocks[name] = claim.evaluate(setup, claim.train(setup))
+        setup = prepare(params, name)
+        blocks[name] = evaluate(setup, train(setup))
     result = claim.build_result(params, blocks)
     return result, write_result(tmp_path_factory.mktemp("results") / "backbone_invariance.json", result)
 
@@ -58,8 +63,7 @@ def test_result_verifies_with_one_block_per_backbone(smoke_result: tuple[dict, P
 
 def test_backbone_unchanged_and_updates_are_new_models(smoke_result: tuple[dict, Path]) -> None:
     for block in smoke_result[0]["backbones"].values():
-        base = block["backbone"]
-        assert base["fingerprint_before"] == base["fingerprint_after"]
+        base = block["backbone"]  # B unchanged: the run itself refuses otherwise
         prints = {u["backbone"]["fingerprint"] for u in block["updates"].values()}
         assert len(prints) == 2 and base["fingerprint_before"] not in prints
         assert block["updates"]["protected"]["config"]["protect_weight"] > 0
@@ -85,17 +89,19 @@ def test_summaries_follow_from_raw_values(smoke_result: tuple[dict, Path]) -> No
         assert summary["prose_ppl"]["plain"]["estimate"] != summary["prose_ppl"]["B"]["estimate"]
 
 
-def test_edited_raw_value_fails_verification(smoke_result: tuple[dict, Path], tmp_path: Path) -> None:
-    stored = json.loads(smoke_result[1].read_text())
-    stored["backbones"]["tiny-llama"]["windows"]["nll"]["plain/zero_shot"][0] *= 0.5
-    path = tmp_path / "edited.json"
-    path.write_text(json.dumps(stored))
-    with pytest.raises(ResultFileError, match="summary does not match"):
-        load_result(path)
+def test_tables_and_figures_render(smoke_result: tuple[dict, Path], tmp_path: Path) -> None:
+    result = load_result(smoke_result[1])
+    published = efficacy_table(result).loc["published T5-large"].iloc[0]
+    assert published["efficacy % [95% CI]"] == "304.3" and published["denominator (ppl) [95% CI]"] == "3.160"
+    assert perplexity_table(result, "tiny-t5").index[0] == "raw B"
+    assert list(update_table(result, "tiny-llama").index) == ["plain", "protected"]
+    assert "tiny-llama" in verdict_sentence(result) and "304.3 % on T5-large" in verdict_sentence(result)
+    assert plot_perplexities(result, tmp_path / "backbone_invariance_perplexity.png").is_file()
+    assert plot_efficacy(result, tmp_path / "backbone_invariance_efficacy.png").is_file()
 
 
 def test_glue_values_are_prefixed(smoke_result: tuple[dict, Path]) -> None:
-    values = claim.glue_values(smoke_result[0])
+    values = glue_values(smoke_result[0])
     assert all(key.startswith("c4_") for key in values)
     assert "c4_tiny_t5_efficacy_ours" in values and "c4_verdict" in values
 
@@ -116,12 +122,12 @@ def _synthetic(ppls: dict[str, float], n_windows: int = 40, tokens: int = 100, n
 PARAMS = {"bootstrap": {"n_resamples": 1000, "seed": 0}, "ill_conditioned_fraction": 0.1, "pass_efficacy": 0.5}
 
 
-def test_the_seeds_own_numbers_are_ill_conditioned() -> None:
+def test_the_releases_own_numbers_are_ill_conditioned() -> None:
     nll, n = _synthetic({"plain/raw": 35.22, "plain/zero_shot": 25.61, "plain/oracle": 32.06})
     result = efficacy(nll, n, "plain", "plain/oracle", PARAMS)
     assert result["estimate"] == pytest.approx(9.61 / 3.16, rel=1e-3)  # 304 %, as published
     assert result["ill_conditioned"] and result["verdict"] == "ill-conditioned"
-    assert result["point_pass"]  # the seed's rule would pass it
+    assert result["point_pass"]  # the release's rule would pass it
 
 
 def test_a_well_conditioned_efficacy_gets_a_verdict() -> None:
@@ -147,30 +153,30 @@ def test_paired_statistic_ci_resamples_windows_jointly() -> None:
 # -- refusals ---------------------------------------------------------------------------------------
 def _record(backbone, d_model=None, taps=(3, 4)):
     module = ABIModule(ModuleConfig(d_model or backbone.d_model, len(taps), 8), seed=0)
-    return claim.module_record(module, taps, backbone)
+    return module_record(module, taps, backbone)
 
 
 def test_module_for_another_architecture_is_refused(tiny_llama) -> None:
     gpt2 = load_backbone("tiny-gpt2")
     assert gpt2.d_model == tiny_llama.d_model  # same width: only the architecture differs
     with pytest.raises(CheckpointError, match="same architecture"):
-        claim.check_zero_shot(_record(tiny_llama), gpt2)
+        check_zero_shot(_record(tiny_llama), gpt2)
 
 
 def test_module_for_another_width_is_refused(tiny_llama, tmp_path) -> None:
     record = _record(tiny_llama, d_model=32)
     with pytest.raises(CheckpointError, match="d_model=32"):
-        claim.check_zero_shot(record, tiny_llama)
+        check_zero_shot(record, tiny_llama)
     path = save_module(tmp_path / "m.safetensors", ABIModule(ModuleConfig(32, 2, 8)), [3, 4], tiny_llama)
     _, loaded = load_module(path)
     with pytest.raises(CheckpointError, match="d_model=32"):
-        claim.check_zero_shot(loaded, tiny_llama)
+        check_zero_shot(loaded, tiny_llama)
 
 
 def test_module_with_taps_beyond_the_model_is_refused(tiny_llama) -> None:
     record = dataclasses.replace(_record(tiny_llama), taps=(5, 6))
     with pytest.raises(CheckpointError, match="do not exist"):
-        claim.check_zero_shot(record, tiny_llama)
+        check_zero_shot(record, tiny_llama)
 
 
 @pytest.mark.parametrize(
@@ -179,12 +185,13 @@ def test_module_with_taps_beyond_the_model_is_refused(tiny_llama) -> None:
         ({"backbones": ["tiny-llama", "gpt-17"]}, UnknownBackboneError, "Known names"),
         ({"backbones": []}, ValueError, "at least one backbone"),
         ({"taps": [3, 9]}, TapIndexError, r"layers 1\.\.4"),
-        ({"finetune_steps": 0}, ValueError, "finetune_steps must be at least 1"),
-        ({"domain_steps": 0}, ValueError, "domain_steps must be at least 1"),
+        ({"backbone_overrides": {"tiny-t5": {"domain_steps": 0}}}, ValueError,
+         r"'domain_steps' of backbone_invariance \(backbone_overrides\['tiny-t5'\]\) must be at least 1"),
+        ({"backbone_overrides": {"tiny-t5": {"eval_split": "test"}}}, ValueError, "may override only"),
+        ({"bootstrap_resamples": 50}, ValueError, "at least 100"),
         ({"updates": ["protected"]}, ValueError, "must include 'plain'"),
         ({"updates": ["plain", "lora"]}, ValueError, "only"),
         ({"protect_weight": 0.0}, ValueError, "protect_weight > 0"),
-        ({"finetune_lr": -1.0}, ValueError, "lr must be a positive"),
         ({"ill_conditioned_fraction": 1.5}, ValueError, "ill_conditioned_fraction"),
         ({"eval_split": "train"}, ValueError, "held out"),
         ({"train_split": "test"}, ValueError, "train_split"),
@@ -203,14 +210,14 @@ def test_diverging_update_stops_and_leaves_results_untouched(tmp_path: Path, mon
     previous.write_text('{"earlier": "result"}')
     params = claim.validate("smoke", **{**TINY, "backbones": ["tiny-llama"], "updates": ["plain"],
                                         "finetune_steps": 4, "finetune_lr": 1e30})
-    setup = claim.prepare(params, "tiny-llama")
+    setup = prepare(params, "tiny-llama")
 
     def no_more_work(*_args, **_kwargs):
         raise AssertionError("features were extracted for a diverged update")
 
-    monkeypatch.setattr(claim, "extract_features", no_more_work)
+    monkeypatch.setattr(backbone_invariance_training, "extract_features", no_more_work)
     with pytest.raises(TrainingDivergedError, match="lower the fine-tuning learning rate"):
-        claim.train(setup)
+        train(setup)
     assert previous.read_text() == '{"earlier": "result"}'
 
 
@@ -226,6 +233,6 @@ def test_too_many_windows_fail_before_feature_extraction(overrides: dict, error:
     def no_long_work(*_args, **_kwargs):
         raise AssertionError("feature extraction started before the input was checked")
 
-    monkeypatch.setattr(claim, "extract_features", no_long_work)
+    monkeypatch.setattr(backbone_invariance_setup, "extract_features", no_long_work)
     with pytest.raises(error, match=message):
-        claim.prepare(claim.validate("smoke", **overrides), "tiny-llama")
+        prepare(claim.validate("smoke", **overrides), "tiny-llama")

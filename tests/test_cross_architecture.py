@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,13 @@ import pytest
 from abi.backbones import TapIndexError, load_backbone
 from abi.checkpoints import CheckpointError, save_module
 from abi.experiments import cross_architecture as ca
+from abi.experiments import cross_architecture_setup, cross_architecture_stats
 from abi.experiments.cross_architecture_stats import ARMS
 from abi.module import ABIModule, ModuleConfig
 from abi.plotting.cross_architecture import plot_arms, plot_kd_curves
 from abi.reports import cross_architecture as report
-from abi.results import ResultFileError, Stopwatch, load_result, write_result
-from abi.transfer import SentenceMismatchError, TokenizedSentences
+from abi.results import Stopwatch, load_result, write_result
+from abi.shared_text import SentenceMismatchError, TokenizedSentences
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -39,7 +39,7 @@ TINY = {
 def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     params = ca.validate("smoke", **TINY)
     key, block = ca.run_pair(params, params["pairs"][0])
-    result = ca.build_result(params, [block], [key], Stopwatch(), report.zoo_facts(params))
+    result = ca.build_result(params, [block], [key], Stopwatch(), ca.zoo_facts(params))
     path = write_result(tmp_path_factory.mktemp("results") / "cross_architecture.json", result)
     return result, path
 
@@ -56,14 +56,10 @@ def test_result_verifies_with_every_arm(smoke_result: tuple[dict, Path]) -> None
     assert loaded["verdicts"][key]["migrated_beats_random_module"] in ("yes", "mixed", "no", "worse")
 
 
-def test_frozen_parts_and_backbones_unchanged(smoke_result: tuple[dict, Path]) -> None:
-    block = smoke_result[0]["pairs"]["tiny-t5->tiny-llama"]
-    hashes = block["training"]["domain_hash"]
-    assert all(hashes[f"{arm}/{s}"] for arm in ("migrated", "procrustes_only", "random_init_kd") for s in (1, 2))
+def test_training_every_weight_changes_the_domain_part(smoke_result: tuple[dict, Path]) -> None:
+    # The frozen arms' domain hashes and the backbones' fingerprints are checked by the run itself (it raises).
+    hashes = smoke_result[0]["pairs"]["tiny-t5->tiny-llama"]["training"]["domain_hash"]
     assert not any(hashes[f"also_trained/{s}"] for s in (1, 2))
-    assert all(block["training"]["kd"][f"migrated/{s}"]["frozen_unchanged"] for s in (1, 2))
-    for side in ("source", "target"):
-        assert block[side]["fingerprint_before"] == block[side]["fingerprint_after"]
 
 
 def test_sentences_come_from_train_and_evaluation_from_test(smoke_result: tuple[dict, Path]) -> None:
@@ -71,18 +67,6 @@ def test_sentences_come_from_train_and_evaluation_from_test(smoke_result: tuple[
     block = result["pairs"]["tiny-t5->tiny-llama"]
     assert block["sentences"]["split"] == "train" and block["sentences"]["n"] == 24
     assert result["parameters"]["eval_split"] == "test"
-    assert result["parameters"]["train_split"] not in ("test", result["parameters"]["eval_split"])
-
-
-def test_edited_result_is_refused(smoke_result: tuple[dict, Path], tmp_path: Path) -> None:
-    result = json.loads(smoke_result[1].read_text())
-    key = "tiny-t5->tiny-llama"
-    result["verdicts"][key]["migrated_beats_random_module"] = "yes" if \
-        result["verdicts"][key]["migrated_beats_random_module"] != "yes" else "no"
-    path = tmp_path / "edited.json"
-    path.write_text(json.dumps(result))
-    with pytest.raises(ResultFileError, match="verdicts"):
-        load_result(path)
 
 
 def test_tables_and_figures_render(smoke_result: tuple[dict, Path], tmp_path: Path) -> None:
@@ -91,16 +75,17 @@ def test_tables_and_figures_render(smoke_result: tuple[dict, Path], tmp_path: Pa
     assert len(report.arm_table(result, key)) == len(ARMS) + 2
     assert "pooled over seeds" in report.contrast_table(result, key).columns
     assert key in report.verdict_sentence(result, key)
-    assert report.glue_values(result)["c2_p1_pair"] == key
-    assert plot_arms(result, tmp_path / "arms.png").is_file()
-    assert plot_kd_curves(result, tmp_path / "kd.png").is_file()
+    assert cross_architecture_stats.glue_values(result)["c2_p1_pair"] == key
+    assert plot_arms(result, tmp_path / "cross_architecture_arms.png").is_file()
+    assert plot_kd_curves(result, tmp_path / "cross_architecture_kd.png").is_file()
 
 
 # -- bad input, refused before any long work ------------------------------------------------------------
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
-        ({"kd_steps": 0}, ValueError, "procrustes_only"),
+        ({"n_sentences": 1}, ValueError, "paired rows"),
+        ({"eval_split": "train"}, ValueError, "held out"),
         ({"target_taps": [9]}, TapIndexError, r"layers 1\.\.4"),
         ({"pairs": ["tiny-t5 tiny-llama"]}, ValueError, "SOURCE -> TARGET"),
         ({"pairs": ["tiny-llama -> tiny-llama"]}, ValueError, "same model"),
@@ -130,7 +115,7 @@ def test_source_module_of_another_architecture_is_refused(tmp_path: Path) -> Non
 
 
 def test_mismatched_sentences_fail_before_feature_extraction(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = ca.tokenize_shared
+    real = cross_architecture_setup.tokenize_shared
 
     def drop_one_for_the_target(text, tokenizer, model):
         tokens = real(text, tokenizer, model)
@@ -141,8 +126,8 @@ def test_mismatched_sentences_fail_before_feature_extraction(monkeypatch: pytest
     def no_long_work(*_args, **_kwargs):
         raise AssertionError("feature extraction started before the sentences were checked")
 
-    monkeypatch.setattr(ca, "tokenize_shared", drop_one_for_the_target)
-    monkeypatch.setattr(ca, "extract_features", no_long_work)
+    monkeypatch.setattr(cross_architecture_setup, "tokenize_shared", drop_one_for_the_target)
+    monkeypatch.setattr(cross_architecture_setup, "extract_features", no_long_work)
     params = ca.validate("smoke", **TINY)
     with pytest.raises(SentenceMismatchError, match="differ"):
-        ca.prepare_pair(params, params["pairs"][0])
+        cross_architecture_setup.prepare_pair(params, params["pairs"][0])

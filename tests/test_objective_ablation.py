@@ -1,4 +1,8 @@
-"""Claim 3 end to end on tiny models, and bad input rejected before any long work."""
+"""Claim 3 end to end on tiny models, and bad input rejected before any long work.
+
+What every claim shares (re-derivation, tampering with a derived value, unknown and out-of-range
+parameters) is tested once, in ``test_claim_contract.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 import torch
 
 from abi.backbones import TapIndexError
-from abi.experiments import core_nib, objective_ablation
+from abi.experiments import core_nib, objective_ablation, objective_ablation_stats
 from abi.experiments.objective_ablation import PositionChunks
 from abi.experiments.objective_ablation_stats import best_rolling_loss, next_lr, select_lr
 from abi.objectives import OBJECTIVES
@@ -53,12 +57,6 @@ def test_result_verifies_from_raw_values(pipeline) -> None:
     assert "corr_mse" in loaded["comparisons"]["kl_logits/1"]["per_window"]  # held-out loss in common units
 
 
-def test_cli_verify_accepts_the_file(pipeline) -> None:
-    from abi.cli import main
-
-    main(["verify", "--results-dir", str(pipeline[3].parent)])
-
-
 def test_lr_is_chosen_on_validation_windows_per_objective(pipeline) -> None:
     setup, _, result, _ = pipeline
     for name in OBJECTIVES:
@@ -90,9 +88,8 @@ def test_hidden_space_objectives_were_calibrated_without_the_backbone(pipeline) 
     assert {n for n, c in result["cost"].items() if not c["backbone_passed"]} == set(HIDDEN)
 
 
-def test_backbone_unchanged_and_rolling_loss_matches_calibrate(pipeline) -> None:
+def test_rolling_loss_matches_calibrate(pipeline) -> None:
     result = pipeline[2]
-    assert result["backbone"]["fingerprint_before"] == result["backbone"]["fingerprint_after"]
     for run in result["training"]["runs"].values():
         assert best_rolling_loss(run["losses"], TINY["rolling_window"]) == pytest.approx(
             run["best_rolling_loss_logged"], rel=1e-12)
@@ -118,9 +115,10 @@ def test_statements_are_answered(pipeline) -> None:
     assert statements["kl"]["status"] == "run"
     assert statements["kl"]["verdict"] in {"confirmed", "refuted", "inconclusive"}
     assert statements["corr_mse_best"]["verdict"] in {"confirmed", "refuted", "inconclusive"}
-    values = objective_ablation.glue_values(pipeline[2])
+    values = objective_ablation_stats.glue_values(pipeline[2])
     assert all(k.startswith("c3_") for k in values)
     assert values["c3_kl_verdict"] == statements["kl"]["verdict"]
+    assert values["c3_verdict"] == objective_ablation_stats.claim_verdict(pipeline[2])
 
 
 @pytest.mark.parametrize(
@@ -128,11 +126,9 @@ def test_statements_are_answered(pipeline) -> None:
     [
         lambda r: r["sweep"]["kl_logits"][0]["validation"]["top5"].__setitem__(0, 0.999),
         lambda r: r["training"]["runs"]["corr_mse/1"]["losses"].__setitem__(-1, -5.0),
-        lambda r: r["statements"]["kl"].__setitem__("verdict", "confirmed" if
-                                                      r["statements"]["kl"]["verdict"] != "confirmed" else "refuted"),
     ],
 )
-def test_tampering_with_the_sweep_losses_or_verdicts_is_caught(pipeline, tmp_path: Path, edit) -> None:
+def test_tampering_with_the_sweep_or_the_losses_is_caught(pipeline, tmp_path: Path, edit) -> None:
     result = json.loads(pipeline[3].read_text())
     edit(result)
     path = tmp_path / "edited.json"
@@ -146,10 +142,11 @@ def test_official_protocol_section_when_asked(pipeline, tmp_path: Path) -> None:
     small = copy.copy(setup)
     small.params = {**setup.params, "score_official": True, "objectives": ["corr_mse", "kl_logits"]}
     small.official = setup.held_out  # the code path of the official protocol, on small windows
-    few = objective_ablation.Arms(arms.anchor, arms.uncalibrated, {k: arms.runs[k] for k in ("corr_mse", "kl_logits")},
-                                  {k: arms.sweep[k] for k in ("corr_mse", "kl_logits")}, arms.logs)
-    few.logs = {**arms.logs, "runs": {k: v for k, v in arms.logs["runs"].items() if k.split("/")[0] in
-                                      ("corr_mse", "kl_logits")}}
+    kept = ("corr_mse", "kl_logits")
+    few = objective_ablation.Arms(
+        anchor=arms.anchor, uncalibrated=arms.uncalibrated, runs={k: arms.runs[k] for k in kept},
+        sweep={k: arms.sweep[k] for k in kept},
+        logs={**arms.logs, "runs": {k: v for k, v in arms.logs["runs"].items() if k.split("/")[0] in kept}})
     result = objective_ablation.build_result(small, few, objective_ablation.evaluate_arms(small, few))
     assert set(result["official"]) == set(result["comparisons"])
     load_result(write_result(tmp_path / "official.json", result))
@@ -206,11 +203,10 @@ def test_position_chunks_are_slices_of_the_cached_windows(pipeline) -> None:
         ({"objective_hyper": {"kl_logits": {"temperature": -1.0}}}, "out of range"),
         ({"objectives": ["corr_mse"], "objective_hyper": {"kl_logits": {"temperature": 2.0}}}, "not among"),
         ({"objectives": ["kl_logits", "logit_mse"]}, "include 'corr_mse'"),
-        ({"lr_grid": [0.0, 1e-3]}, "learning rates in"),
+        ({"lr_grid": [1e-3, 2.0]}, r"learning rates in \(0, 1\)"),
         ({"lr_grid_overrides": {"kl_logits": []}}, "non-empty list"),
         ({"eval_split": "validation"}, "reserved for the LR sweep"),
         ({"chunk_len": 24}, "must divide the training window length 64"),
-        ({"candidate_seeds": [1, 1]}, "distinct"),
         ({"calibration_steps": 3}, "at least 4"),
         ({"protocol": "faq2"}, "known"),
     ],
@@ -218,13 +214,6 @@ def test_position_chunks_are_slices_of_the_cached_windows(pipeline) -> None:
 def test_bad_parameters_fail_in_validate(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         objective_ablation.validate("smoke", **overrides)
-
-
-def test_unknown_parameter_and_wrong_type_are_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown parameter 'temperature'"):
-        objective_ablation.validate("smoke", temperature=2.0)
-    with pytest.raises(ValueError, match="must be of type list"):
-        objective_ablation.validate("smoke", objectives="corr_mse")
 
 
 def test_bad_taps_fail_before_feature_extraction(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from abi.experiments import core_nib
+from abi.notebook import notebook_parameters, start_run
 from abi.profiles import ParameterError, resolve_parameters
 
 
@@ -40,3 +44,54 @@ def test_bad_parameters_are_named(overrides: dict, message: str) -> None:
 def test_unknown_profile_lists_known() -> None:
     with pytest.raises(ParameterError, match="known profiles: smoke, cpu, paper"):
         resolve_parameters("core_nib", "gpu")
+
+
+# -- values papermill passes as text, and ranges every claim shares ---------------------------------------
+def test_list_given_as_text_is_read_as_a_list() -> None:
+    assert resolve_parameters("core_nib", "smoke", candidate_seeds="[1, 2, 3]")["candidate_seeds"] == [1, 2, 3]
+
+
+def test_unreadable_text_names_the_parameter() -> None:
+    with pytest.raises(ParameterError, match=r"parameter 'candidate_seeds': cannot read '\[1, 2'"):
+        resolve_parameters("core_nib", "smoke", candidate_seeds="[1, 2")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"calibration_lr": -1e-3}, "'calibration_lr' of core_nib must be a finite number > 0"),
+        ({"stat_windows": 0}, "'stat_windows' of core_nib must be at least 1"),
+        ({"candidate_seeds": [1, 1]}, "'candidate_seeds' of core_nib must be a non-empty list without duplicates"),
+        ({"eval_split": "dev"}, "'eval_split' of core_nib must be one of 'train', 'validation', 'test'"),
+    ],
+)
+def test_out_of_range_values_are_named(overrides: dict, message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        resolve_parameters("core_nib", "smoke", **overrides)
+
+
+# -- a notebook's namespace as its parameters -------------------------------------------------------------
+def test_notebook_parameters_are_the_plain_public_globals() -> None:
+    namespace = {"profile": "smoke", "calibration_steps": 8, "backbone": None, "pd": pytest, "Path": Path,
+                 "start_run": start_run, "_": 3, "_i1": "profile = 'smoke'", "In": ["", "x = 1"], "Out": {1: 2}}
+    assert notebook_parameters(namespace) == {"profile": "smoke", "calibration_steps": 8, "backbone": None}
+
+
+def test_start_run_refuses_an_unknown_name(tmp_path: Path) -> None:
+    namespace = {"profile": "smoke", "results_dir": str(tmp_path), "calibrtion_steps": 4}
+    with pytest.raises(ParameterError, match="unknown parameter 'calibrtion_steps'"):
+        start_run(core_nib.validate, namespace)
+
+
+def test_start_run_refuses_a_results_dir_that_is_a_file(tmp_path: Path) -> None:
+    file = tmp_path / "results.json"
+    file.write_text("{}")
+    with pytest.raises(ParameterError, match="is a file, not a folder"):
+        start_run(core_nib.validate, {"profile": "smoke", "results_dir": str(file)})
+
+
+def test_start_run_returns_the_parameters_and_the_folder(tmp_path: Path) -> None:
+    params, out_dir = start_run(core_nib.validate, {"profile": "smoke", "results_dir": str(tmp_path / "out"),
+                                                     "calibration_steps": 8})
+    assert params["calibration_steps"] == 8 and params["profile"] == "smoke"
+    assert out_dir == tmp_path / "out" and (out_dir / "figures").is_dir()

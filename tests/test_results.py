@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 import abi.experiments  # noqa: F401  (registers derivers)
-from abi.results import ResultFileError, atomic_write_text, derive_comparison, load_result, write_result
+from abi.results import (
+    SEAL_FIELD,
+    ResultFileError,
+    atomic_write_text,
+    check_result,
+    content_hash,
+    derive_comparison,
+    load_result,
+    write_result,
+)
 
 BOOT = {"n_resamples": 200, "seed": 0}
 
@@ -125,3 +134,46 @@ def test_benchmark_loader_names_missing_sections(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ResultFileError, match="not valid JSON"):
         load_benchmarks(path)
+
+
+def test_written_result_is_sealed_last_and_reads_back(tmp_path: Path) -> None:
+    result = synthetic_core_nib()
+    result["timings"] = {10: 1.0, 9: 2.0}  # integer keys become strings and re-sort: the seal hashes what is read
+    path = write_result(tmp_path / "core_nib.json", result)
+    stored = json.loads(path.read_text())
+    assert list(stored)[-1] == SEAL_FIELD and stored[SEAL_FIELD] == content_hash(stored)
+    assert path.read_text() == json.dumps(stored, indent=1) + "\n"
+    assert SEAL_FIELD not in result, "writing must not change the caller's result"
+    load_result(path)
+
+
+def test_edited_field_that_is_not_derived_breaks_the_seal(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "r.json", synthetic_core_nib())
+    data = json.loads(path.read_text())
+    data["parameters"]["ni_margin_note"] = "edited"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFileError, match=r"r\.json: edited after it was written.*re-run its notebook"):
+        load_result(path)
+
+
+def test_unsealed_result_is_refused(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "r.json", synthetic_core_nib())
+    data = json.loads(path.read_text())
+    del data[SEAL_FIELD]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFileError, match=f"no {SEAL_FIELD} seal"):
+        load_result(path)
+
+
+def test_nan_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = write_result(tmp_path / "r.json", synthetic_core_nib())
+    path.write_text(path.read_text().replace('"ni_margin": 0.02', '"ni_margin": NaN'))
+    with pytest.raises(ResultFileError, match="NaN is not a number strict JSON allows"):
+        load_result(path)
+
+
+def test_removed_section_is_a_result_error_not_a_key_error(tmp_path: Path) -> None:
+    result = synthetic_core_nib()
+    del result["comparisons"]["ceiling"]
+    with pytest.raises(ResultFileError, match="malformed.*KeyError"):
+        check_result(result, source="r.json")

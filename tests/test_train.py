@@ -1,4 +1,4 @@
-"""Tests of abi.schedule and abi.train: the seed's LR schedule, the domain stage, calibration."""
+"""Tests of abi.schedule and abi.train: the release's LR schedule, the domain stage, calibration."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def features(tiny_llama, windows, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def anchor_targets(tiny_llama, windows, tmp_path_factory) -> torch.Tensor:
-    """Corrections of a 1-tap anchor module (tap 4) on the same windows, as in the seed's claim 1."""
+    """Corrections of a 1-tap anchor module (tap 4) on the same windows, as in the release's claim 1."""
     anchor_features = extract_features(tiny_llama, windows, [4], root=tmp_path_factory.mktemp("anchor"))
     return module_corrections(ABIModule(ANCHOR, seed=0), anchor_features)
 
@@ -49,8 +49,8 @@ def _corr_mse(module: ABIModule, features, targets: torch.Tensor) -> float:
 
 
 # -- schedule -------------------------------------------------------------------------------------
-def test_seed_calibration_schedule_at_full_size():
-    schedule = PhaseSchedule.seed_calibration(16000)
+def test_release_calibration_schedule_at_full_size():
+    schedule = PhaseSchedule.release_calibration(16000)
     assert schedule.phase_steps == (4000, 3000, 3000, 6000)
     assert schedule.total_steps == 16000
     assert schedule.warmup_steps == 400
@@ -68,21 +68,21 @@ def test_seed_calibration_schedule_at_full_size():
     assert [schedule.phase(s) for s in (0, 3999, 4000, 6999, 7000, 9999, 10000, 15999)] == [1, 1, 2, 2, 3, 3, 4, 4]
 
 
-def test_seed_calibration_scales_to_any_budget():
-    small = PhaseSchedule.seed_calibration(160, peak_lr=1e-2)
+def test_release_calibration_scales_to_any_budget():
+    small = PhaseSchedule.release_calibration(160, peak_lr=1e-2)
     assert small.phase_steps == (40, 30, 30, 60) and small.warmup_steps == 4
     assert small.phase_lrs == pytest.approx((1e-2, 1e-3, 1e-4, 1e-5), rel=1e-12)
     for total in range(4, 400):
-        schedule = PhaseSchedule.seed_calibration(total)
+        schedule = PhaseSchedule.release_calibration(total)
         assert schedule.total_steps == total
         assert len(schedule.phase_steps) == 4 and min(schedule.phase_steps) >= 1
         assert schedule.warmup_steps <= schedule.phase_steps[0]
 
 
 @pytest.mark.parametrize("total", [0, 1, 3])
-def test_seed_calibration_needs_four_steps(total):
+def test_release_calibration_needs_four_steps(total):
     with pytest.raises(ValueError, match="at least 4 steps"):
-        PhaseSchedule.seed_calibration(total)
+        PhaseSchedule.release_calibration(total)
 
 
 def test_phase_schedule_validation_and_constant():
@@ -151,7 +151,7 @@ def test_module_corrections_cover_every_window(features, anchor_targets):
 def test_calibration_reaches_the_anchor_and_restores_the_best_checkpoint(features, anchor_targets):
     candidate = ABIModule(CANDIDATE, seed=1)
     initial = _corr_mse(candidate, features, anchor_targets)
-    schedule = PhaseSchedule.seed_calibration(200)
+    schedule = PhaseSchedule.release_calibration(200)
     hashes: dict[int, str] = {}
 
     def record(step, module):
@@ -201,7 +201,7 @@ def test_calibrating_only_the_interface_keeps_the_domain(features, anchor_target
         candidate,
         features,
         anchor_targets,
-        PhaseSchedule.seed_calibration(60),
+        PhaseSchedule.release_calibration(60),
         rolling_window=10,
         parameters=candidate.interface_parameters(),
     )

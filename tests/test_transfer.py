@@ -1,4 +1,5 @@
-"""abi.transfer: shared sentences, pooled states, rectangular Procrustes, initialisation, KD."""
+"""The migration of claim 2: shared sentences (abi.shared_text), pooled states, rectangular Procrustes and
+initialisation (abi.transfer), KD calibration (abi.kd_calibration)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,16 @@ import torch
 
 from abi.data import CorpusFile
 from abi.features import IGNORE_INDEX, Windows, extract_features
+from abi.kd_calibration import KDConfig, kd_calibrate, kd_loss
 from abi.module import ABIModule, ModuleConfig, parameter_hash
+from abi.shared_text import SentenceMismatchError, SharedText, check_paired, draw_shared_text, tokenize_shared
 from abi.transfer import (
-    KDConfig,
     MigrationError,
     PooledStates,
-    SentenceMismatchError,
-    SharedText,
-    check_paired,
-    draw_shared_text,
     fit_interface_maps,
-    kd_calibrate,
-    kd_loss,
     migrate_module,
     orthogonal_procrustes,
     pooled_states,
-    tokenize_shared,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -11,7 +11,7 @@ Conventions (the same for every architecture):
 * the *final hidden state* is what the model feeds into its output step, and :meth:`Backbone.head`
   is that output step. Llama/Gemma/GPT-2: final hidden = output of the last block, head = final
   norm + LM head (+ Gemma's logit soft-cap). T5: final hidden = the decoder's normalised output,
-  head = ``d_model**-0.5`` scaling (tied embeddings) + LM head, as in the seed.
+  head = ``d_model**-0.5`` scaling (tied embeddings) + LM head, as in the release.
 
 The ABI correction is added to the final hidden state, so ``head(final + correction)`` is the
 module's logits. A test checks that ``head(final)`` reproduces the model's own logits.
@@ -119,7 +119,9 @@ class Backbone:
 
     # -- forward passes ----------------------------------------------------------------------
     @contextmanager
-    def _capture(self, taps: tuple[int, ...]) -> Iterator[dict[str, Tensor]]:
+    def capture_taps(self, taps: tuple[int, ...]) -> Iterator[dict[str, Tensor]]:
+        """While open, every forward pass leaves the outputs of the blocks ``taps`` in the yielded
+        dict (``tap<N>``): the tap features, and the protected update's reference states."""
         captured: dict[str, Tensor] = {}
         blocks = self._blocks()
         handles = [
@@ -166,7 +168,7 @@ class Backbone:
         models, the shifted-right decoder input for T5 (whose prefix goes in ``encoder_ids``).
         """
         taps = self.check_taps(taps)
-        with self._capture(taps) as captured:
+        with self.capture_taps(taps) as captured:
             self._run_stack(self._with_bos(input_ids), encoder_ids)
         first = 1 if self.bos_prefix else 0
         stacked = torch.stack([captured[f"tap{t}"][:, first:] for t in taps], dim=-2)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from abi.backbones import Backbone
+from abi.backbones.limits import check_window_fits
 from abi.data import (
     CorpusTooShortError,
     decoder_windows,
@@ -24,8 +25,10 @@ from abi.data import (
     tiled_starts,
     token_stream,
 )
-from abi.features import Windows
+from abi.features import FeatureSet, Windows
+from abi.module import ABIModule, ModuleConfig
 from abi.nib import NIBProtocol
+from abi.train import train_domain_stage
 
 SPLITS = ("train", "validation", "test")
 
@@ -70,6 +73,7 @@ def spread_starts(n_tokens: int, span: int, n_windows: int, seed: int) -> np.nda
 def make_windows(backbone: Backbone, stream: np.ndarray, starts: np.ndarray, protocol: NIBProtocol,
                  window_len: int) -> Windows:
     """Windows in the backbone's layout: causal chunks, or prefix + continuation for T5."""
+    check_window_fits(backbone, window_len)
     if backbone.is_encoder_decoder:
         batch = prefix_lm_windows(stream, starts, protocol.prefix_len, protocol.cont_len, backbone.pad_token_id)
         return Windows.prefix_lm(batch.encoder_ids, batch.decoder_input_ids, batch.labels)
@@ -116,3 +120,33 @@ class TappedModule(nn.Module):
 
     def forward(self, taps: Tensor) -> Tensor:
         return self.module(taps.index_select(-2, self.index))
+
+
+def check_held_out_splits(params: dict[str, Any]) -> None:
+    """Evaluation on a held-out split, training on another one: the rule of claims 2 and 4."""
+    if params["eval_split"] not in ("test", "validation"):
+        raise ValueError(f"eval_split must be 'test' or 'validation' (held out), got {params['eval_split']!r}.")
+    if params["train_split"] not in ("train", "validation") or params["train_split"] == params["eval_split"]:
+        raise ValueError(f"train_split must be 'train' or 'validation' and differ from eval_split "
+                         f"({params['eval_split']!r}), got {params['train_split']!r}.")
+
+
+def untrained_module(config: ModuleConfig, seed: int, zero_init_proj_out: bool) -> ABIModule:
+    """A new module; with ``zero_init_proj_out`` its output projection starts at zero, so the module
+    starts as the bare backbone instead of adding a random correction."""
+    module = ABIModule(config, seed=seed)
+    if zero_init_proj_out:
+        torch.nn.init.zeros_(module.proj_out.weight)
+    return module
+
+
+def frozen_domain_module(module: ABIModule, backbone: Backbone, features: FeatureSet, params: dict[str, Any],
+                         steps: int, seed: int, label: str, head_dtype: torch.dtype | None = None
+                         ) -> tuple[ABIModule, list[float]]:
+    """``module`` trained by the domain stage (``domain_lr``, ``domain_batch_windows``), then frozen;
+    and its per-step losses."""
+    log = train_domain_stage(module, backbone, features, steps, lr=params["domain_lr"],
+                             batch_windows=params["domain_batch_windows"], seed=seed, desc=f"domain stage: {label}",
+                             head_dtype=head_dtype)
+    module.requires_grad_(False)
+    return module, log.losses

@@ -12,7 +12,8 @@ Arms, all scored against the anchor on the same held-out windows:
 * ``ceiling``: a second anchor trained identically with another seed (seed-noise ceiling).
 
 The notebook calls :func:`validate`, :func:`prepare`, :func:`train_arms`, :func:`evaluate_arms`
-and :func:`build_result` in turn; this file holds the algorithm, the notebook the narrative.
+and :func:`build_result` in turn; this file holds the algorithm, the notebook the narrative, and
+:mod:`abi.experiments.core_nib_stats` what is derived from the result file (intervals, verdicts).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from abi.backbones import Backbone, load_backbone, resolve_backbone
-from abi.evaluate import VariantScores, score_variants
+from abi.evaluate import VariantScores, perplexity, score_variants
 from abi.experiments.common import (
     CorpusStreams,
     TappedModule,
@@ -36,22 +37,17 @@ from abi.experiments.common import (
     training_windows,
     window_span,
 )
+from abi.experiments.core_nib_stats import PUBLISHED, derive
 from abi.features import FeatureSet, extract_features
 from abi.module import ABIModule, ModuleConfig, count_parameters
 from abi.nib import get_protocol, tail_summary
 from abi.profiles import register_profiles, resolve_parameters
-from abi.results import Stopwatch, derive_comparison, provenance, register_deriver
+from abi.results import Stopwatch, backbone_record, comparison_record, register_deriver, result_document
 from abi.schedule import PhaseSchedule
-from abi.stats import design_effect, naive_token_ci, non_inferiority, paired_difference_ci, seed_interval
+from abi.stats import design_effect, naive_token_ci
 from abi.train import calibrate, module_corrections, train_domain_stage
 
 CLAIM = "core_nib"
-PUBLISHED = {
-    "setting": "T5-large, anchor 1 tap (24) bottleneck 512; candidate taps 19-24, bottleneck 4096; "
-    "16,000 corrMSE steps",
-    "official": {"top5": 0.8725, "top1": 0.8508, "js": 0.01391, "entropy_diff": 0.2256},
-    "extended_top5": {"estimate": 0.8549, "low": 0.8425, "high": 0.8673},
-}
 
 # Profiles: plain values a notebook's parameters cell may override (None = the profile's value).
 _CPU: dict[str, Any] = {
@@ -129,16 +125,16 @@ register_profiles(
 
 
 def validate(profile: str, **overrides: Any) -> dict[str, Any]:
-    """Resolve and check every parameter before any long work (model names, protocol, splits)."""
+    """Resolve and check every parameter before any long work (model names, protocol, the schedule's length).
+
+    Ranges every claim shares (learning rates, counts, seeds, split names) are checked by
+    :func:`abi.profiles.resolve_parameters`.
+    """
     params = resolve_parameters(CLAIM, profile, **overrides)
     resolve_backbone(params["backbone"])
     get_protocol(params["protocol"])
-    if params["eval_split"] not in ("test", "validation", "train"):
-        raise ValueError(f"eval_split must be 'test', 'validation' or 'train', got {params['eval_split']!r}.")
-    if not params["candidate_seeds"]:
-        raise ValueError("candidate_seeds must list at least one training seed.")
     if params["calibration_steps"] < 4:
-        raise ValueError("calibration_steps must be at least 4 (the four LR phases of the seed's schedule).")
+        raise ValueError("calibration_steps must be at least 4 (the four LR phases of the release's schedule).")
     params["bootstrap"] = {"n_resamples": params["bootstrap_resamples"], "seed": 0}
     return params
 
@@ -186,28 +182,31 @@ def prepare(params: dict[str, Any]) -> Setup:
     }
     features = {}
     with watch.time("extract_features"):
-        for name, win in windows.items():
-            features[name] = extract_features(backbone, win, feature_taps, dtype=params["feature_dtype"], desc=name)
-    return Setup(params, backbone, streams, feature_taps, fingerprint_before=fingerprint_before, watch=watch,
-                 **features)
+        for name, split_windows in windows.items():
+            features[name] = extract_features(backbone, split_windows, feature_taps, dtype=params["feature_dtype"],
+                                              desc=name)
+    return Setup(params=params, backbone=backbone, streams=streams, feature_taps=feature_taps,
+                 fingerprint_before=fingerprint_before, watch=watch, **features)
 
 
-def _module(setup: Setup, role: str, seed: int) -> TappedModule:
-    p, d = setup.params, setup.backbone.d_model
+def make_module(setup: Setup, role: str, seed: int) -> TappedModule:
+    """A freshly initialised module of the anchor's shape (``role="anchor"``) or the candidate's."""
+    params = setup.params
     if role == "anchor":
-        config = ModuleConfig(d, len(p["anchor_taps"]), p["anchor_bottleneck"], p["expansion"],
-                              p["anchor_per_tap_norm"])
-        taps = p["anchor_taps"]
+        taps, bottleneck = params["anchor_taps"], params["anchor_bottleneck"]
+        per_tap_norm = params["anchor_per_tap_norm"]
     else:
-        config = ModuleConfig(d, len(p["candidate_taps"]), p["candidate_bottleneck"], p["expansion"], True)
-        taps = p["candidate_taps"]
+        taps, bottleneck, per_tap_norm = params["candidate_taps"], params["candidate_bottleneck"], True
+    config = ModuleConfig(d_model=setup.backbone.d_model, n_taps=len(taps), bottleneck=bottleneck,
+                          expansion=params["expansion"], per_tap_norm=per_tap_norm)
     return TappedModule(ABIModule(config, seed=seed), taps, setup.feature_taps)
 
 
-def _domain(setup: Setup, module: TappedModule, seed: int, label: str) -> list[float]:
-    p = setup.params
-    log = train_domain_stage(module, setup.backbone, setup.train, p["domain_steps"], lr=p["domain_lr"],
-                             batch_windows=p["domain_batch_windows"], seed=seed, desc=f"domain stage: {label}")
+def run_domain_stage(setup: Setup, module: TappedModule, seed: int, label: str) -> list[float]:
+    """Train ``module`` on the domain through the frozen head; returns the per-step losses."""
+    params = setup.params
+    log = train_domain_stage(module, setup.backbone, setup.train, params["domain_steps"], lr=params["domain_lr"],
+                             batch_windows=params["domain_batch_windows"], seed=seed, desc=f"domain stage: {label}")
     return log.losses
 
 
@@ -230,49 +229,52 @@ def _curve_probe(setup: Setup, anchor: TappedModule, targets: torch.Tensor):
 
     def probe(step: int, module: TappedModule) -> dict[str, float]:
         with torch.no_grad():
-            corr = torch.cat([module(taps) for _, taps, _, _ in curve.iter_batches(16)])
+            corrections = torch.cat([module(taps) for _, taps, _, _ in curve.iter_batches(16)])
         _, scores = score_variants(setup.backbone, curve, anchor, {"m": module}, skip, desc=f"curve@{step}")
-        pw = scores["m"].per_window
-        weights = np.asarray(pw["n_positions"], dtype=float)
-        summary = {k: float(np.average(pw[k], weights=weights)) for k in ("top5", "top1", "js")}
-        return {"val_corr_mse": float((corr - targets).pow(2).mean()), **{f"val_{k}": v for k, v in summary.items()}}
+        per_window = scores["m"].per_window
+        weights = np.asarray(per_window["n_positions"], dtype=float)
+        summary = {k: float(np.average(per_window[k], weights=weights)) for k in ("top5", "top1", "js")}
+        return {"val_corr_mse": float((corrections - targets).pow(2).mean()),
+                **{f"val_{k}": v for k, v in summary.items()}}
 
     return probe
 
 
 def train_arms(setup: Setup) -> Arms:
     """Domain stages (anchor, ceiling, candidates), then calibration of candidates and random floors."""
-    p, watch = setup.params, setup.watch
+    params, watch = setup.params, setup.watch
     logs: dict[str, Any] = {"domain": {}, "calibration": {}, "random_calibration": {}}
     with watch.time("domain_stages"):
-        anchor = _module(setup, "anchor", p["anchor_seed"])
-        logs["domain"]["anchor"] = _domain(setup, anchor, p["anchor_seed"], "anchor")
-        ceiling = _module(setup, "anchor", p["ceiling_seed"])
-        logs["domain"]["ceiling"] = _domain(setup, ceiling, p["ceiling_seed"], "ceiling anchor")
+        anchor = make_module(setup, "anchor", params["anchor_seed"])
+        logs["domain"]["anchor"] = run_domain_stage(setup, anchor, params["anchor_seed"], "anchor")
+        ceiling = make_module(setup, "anchor", params["ceiling_seed"])
+        logs["domain"]["ceiling"] = run_domain_stage(setup, ceiling, params["ceiling_seed"], "ceiling anchor")
         candidates, uncalibrated = {}, {}
-        for seed in p["candidate_seeds"]:
-            candidates[seed] = _module(setup, "candidate", seed)
-            logs["domain"][f"candidate/{seed}"] = _domain(setup, candidates[seed], seed, f"candidate {seed}")
+        for seed in params["candidate_seeds"]:
+            candidates[seed] = make_module(setup, "candidate", seed)
+            logs["domain"][f"candidate/{seed}"] = run_domain_stage(setup, candidates[seed], seed, f"candidate {seed}")
             uncalibrated[seed] = copy.deepcopy(candidates[seed])
     for module in (anchor, ceiling):
         module.requires_grad_(False)
     targets = module_corrections(anchor, setup.train)
     curve_targets = module_corrections(anchor, setup.curve)
-    schedule = PhaseSchedule.seed_calibration(p["calibration_steps"], p["calibration_lr"])
+    schedule = PhaseSchedule.release_calibration(params["calibration_steps"], params["calibration_lr"])
     probe = _curve_probe(setup, anchor, curve_targets)
     random_calibrated = {}
     with watch.time("calibration"):
-        for seed in p["candidate_seeds"]:
+        for seed in params["candidate_seeds"]:
             for kind, module in (("calibration", candidates[seed]),
-                                 ("random_calibration", _module(setup, "candidate", 10_000 + seed))):
-                log = calibrate(module, setup.train, targets, schedule, batch_windows=p["calibration_batch_windows"],
-                                seed=seed, on_step=probe, eval_every=p["curve_every"], desc=f"{kind} {seed}")
+                                 ("random_calibration", make_module(setup, "candidate", 10_000 + seed))):
+                log = calibrate(module, setup.train, targets, schedule,
+                                batch_windows=params["calibration_batch_windows"], seed=seed, on_step=probe,
+                                eval_every=params["curve_every"], desc=f"{kind} {seed}")
                 logs[kind][str(seed)] = log.to_dict()
                 if kind == "random_calibration":
                     random_calibrated[seed] = module
     logs["schedule"] = {"phase_steps": schedule.phase_steps, "phase_lrs": schedule.phase_lrs,
                         "warmup_steps": schedule.warmup_steps}
-    return Arms(anchor, ceiling, candidates, uncalibrated, random_calibrated, logs)
+    return Arms(anchor=anchor, ceiling=ceiling, candidates=candidates, uncalibrated=uncalibrated,
+                random_calibrated=random_calibrated, logs=logs)
 
 
 def arm_variants(arms: Arms) -> dict[str, torch.nn.Module | None]:
@@ -296,121 +298,47 @@ def evaluate_arms(setup: Setup, arms: Arms) -> dict[str, tuple[VariantScores, di
         }
 
 
-def _comparison(scores: VariantScores, bootstrap: dict[str, int]) -> dict[str, Any]:
-    per_window = {k: list(v) for k, v in scores.per_window.items()}
-    nll = {"sum": scores.nll_sum, "n_tokens": scores.n_tokens}
-    derived = derive_comparison(per_window, nll, bootstrap)
-    return {"reference": "anchor", "per_window": per_window, "nll": nll, **derived}
-
-
-def _group_stats(comparisons: dict[str, dict], group: str) -> dict[str, Any]:
-    members = {k: v for k, v in comparisons.items() if k.split("/")[0] == group}
-    return {
-        metric: seed_interval([c["summary"][metric] for c in members.values()]).to_dict()
-        for metric in ("top5", "top1", "js", "entropy_diff", "ppl")
-    }
-
-
-def _contrasts(comparisons: dict[str, dict], seeds: list[int], params: dict[str, Any]) -> dict[str, Any]:
-    """Candidate vs ceiling (non-inferiority, fixed margin) and vs each floor (must beat it)."""
-    boot = params["bootstrap"]
-    out: dict[str, Any] = {}
-    ceiling = comparisons["ceiling"]["per_window"]
-    for seed in seeds:
-        cand = comparisons[f"candidate/{seed}"]["per_window"]
-        n = cand["n_positions"]
-        record = {"non_inferior_to_ceiling": non_inferiority(cand["top5"], ceiling["top5"], n, params["ni_margin"],
-                                                              True, n_resamples=boot["n_resamples"], seed=boot["seed"])}
-        for floor in ("no_module", "uncalibrated", "random_calibrated"):
-            key = floor if floor == "no_module" else f"{floor}/{seed}"
-            ci = paired_difference_ci(cand["top5"], comparisons[key]["per_window"]["top5"], n, one_sided=True,
-                                      n_resamples=boot["n_resamples"], seed=boot["seed"])
-            record[f"beats_{floor}"] = {**ci.to_dict(), "beats": bool(ci.low > 0)}
-        out[str(seed)] = record
-    return out
-
-
 def _tails_and_design(scores: dict[str, VariantScores], names: list[str]) -> dict[str, Any]:
+    """Per-position JS/KL tails and how much clustering by window widens a token-level interval."""
     out = {}
     for name in names:
-        pos = scores[name].positions()
-        n = np.asarray(scores[name].per_window["n_positions"], dtype=int)
-        window_ids = np.repeat(np.arange(len(n)), n)
+        positions = scores[name].positions()
+        n_positions = np.asarray(scores[name].per_window["n_positions"], dtype=int)
+        window_ids = np.repeat(np.arange(len(n_positions)), n_positions)
         out[name] = {
-            "js_tail": tail_summary(pos["js"]),
-            "kl_tail": tail_summary(pos["kl"]),
-            "js_design_effect": design_effect(pos["js"], window_ids),
-            "js_naive_token_ci": naive_token_ci(pos["js"]).to_dict(),
+            "js_tail": tail_summary(positions["js"]),
+            "kl_tail": tail_summary(positions["kl"]),
+            "js_design_effect": design_effect(positions["js"], window_ids),
+            "js_naive_token_ci": naive_token_ci(positions["js"]).to_dict(),
         }
     return out
 
 
 def build_result(setup: Setup, arms: Arms, scored: dict) -> dict[str, Any]:
     """The result file's content: parameters, provenance, raw per-window values, summaries, verdicts."""
-    p = setup.params
-    fingerprint_after = setup.backbone.fingerprint(recompute=True)
-    if fingerprint_after != setup.fingerprint_before:
-        raise RuntimeError("the backbone's weights changed during training; the run is invalid.")
-    ref_held, held = scored["held_out"]
-    ref_off, official = scored["official"]
-    comparisons = {name: _comparison(s, p["bootstrap"]) for name, s in held.items()}
-    official_cmp = {name: _comparison(s, p["bootstrap"]) for name, s in official.items()}
-    result = {
-        "schema_version": 1,
-        "claim": CLAIM,
-        "profile": p["profile"],
-        "parameters": p,
-        "provenance": provenance(),
-        "backbone": {**setup.backbone.describe(), "fingerprint_before": setup.fingerprint_before,
-                     "fingerprint_after": fingerprint_after, "unchanged": True},
-        "data": setup.streams.identity,
-        "modules": {"anchor_parameters": count_parameters(arms.anchor),
-                    "candidate_parameters": count_parameters(next(iter(arms.candidates.values())))},
-        "timings": setup.watch.timings,
-        "resources": setup.watch.resources(),
-        "published": PUBLISHED,
-        "anchor_ppl": {"held_out": float(np.exp(np.sum(ref_held.nll_sum) / np.sum(ref_held.n_tokens))),
-                       "official": float(np.exp(np.sum(ref_off.nll_sum) / np.sum(ref_off.n_tokens)))},
-        "comparisons": comparisons,
-        "official": official_cmp,
-        "diagnostics": _tails_and_design(
-            held, [f"candidate/{s}" for s in p["candidate_seeds"]] + ["ceiling", "no_module"]
+    params = setup.params
+    backbone = backbone_record(setup.backbone, setup.fingerprint_before)
+    anchor_held_out, held_out = scored["held_out"]
+    anchor_official, official = scored["official"]
+    result = result_document(
+        CLAIM, params,
+        backbone=backbone,
+        data=setup.streams.identity,
+        modules={"anchor_parameters": count_parameters(arms.anchor),
+                 "candidate_parameters": count_parameters(next(iter(arms.candidates.values())))},
+        timings=setup.watch.timings,
+        resources=setup.watch.resources(),
+        published=PUBLISHED,
+        anchor_ppl={"held_out": perplexity(anchor_held_out), "official": perplexity(anchor_official)},
+        comparisons={name: comparison_record(s, params["bootstrap"], "anchor") for name, s in held_out.items()},
+        official={name: comparison_record(s, params["bootstrap"], "anchor") for name, s in official.items()},
+        diagnostics=_tails_and_design(
+            held_out, [f"candidate/{s}" for s in params["candidate_seeds"]] + ["ceiling", "no_module"]
         ),
-        "training": arms.logs,
-    }
+        training=arms.logs,
+    )
     result.update(derive(result))
     return result
 
 
-def derive(result: dict[str, Any]) -> dict[str, Any]:
-    """Sections computed from the comparisons alone; the verifier recomputes them the same way."""
-    p, comparisons, official = result["parameters"], result["comparisons"], result["official"]
-    seeds = list(p["candidate_seeds"])
-    return {
-        "groups": {g: _group_stats(comparisons, g) for g in ("candidate", "uncalibrated", "random_calibrated")},
-        "contrasts": _contrasts(comparisons, seeds, p),
-        "verdicts": {
-            "official_pass_per_seed": {str(s): official[f"candidate/{s}"]["verdict"] for s in seeds},
-            "held_out_pass_per_seed": {str(s): comparisons[f"candidate/{s}"]["verdict"] for s in seeds},
-        },
-    }
-
-
 register_deriver(CLAIM, derive)
-
-
-def glue_values(result: dict[str, Any]) -> dict[str, Any]:
-    """Numbers the book's prose pulls in with myst-nb ``glue`` (never typed by hand)."""
-    from abi.reports.core_nib import claim_verdict
-
-    top5 = result["groups"]["candidate"]["top5"]
-    return {
-        "c1_verdict": claim_verdict(result),
-        "c1_top5": top5["estimate"],
-        "c1_top5_low": top5["low"],
-        "c1_top5_high": top5["high"],
-        "c1_ceiling_top5": result["comparisons"]["ceiling"]["summary"]["top5"],
-        "c1_random_top5": result["groups"]["random_calibrated"]["top5"]["estimate"],
-        "c1_backbone": result["backbone"]["name"],
-        "c1_minutes": round(sum(result["timings"].values()) / 60, 1),
-    }

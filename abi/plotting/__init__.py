@@ -1,15 +1,19 @@
-"""Figures, built only from result files (never from live objects), stamped with the result's hash.
+"""Figures, built only from result files (never from live objects), stamped with where they came from.
 
-Shared helpers live here; each claim's figures live in ``abi.plotting.<claim>``.
+Shared helpers live here; each claim's figures live in ``abi.plotting.<claim>``, which declares
+them once in ``FIGURES`` (file stem -> what it shows). The verifier expects exactly those files,
+and :func:`save_figure` refuses any other name, so the list cannot drift from what the notebooks draw.
 
-Every PNG carries ``abi_result_sha256`` in its metadata: the hash of the result content it was
-drawn from, so a verifier can tell a stale figure from a current one.
+Every PNG carries two text stamps in its metadata: ``abi_result_sha256``, the hash of the result
+content it was drawn from (a stale figure no longer matches), and ``abi_figure``, its own file
+stem (a figure copied or swapped under another name no longer matches its file).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from abi.nib import NIB_THRESHOLDS  # noqa: E402
+from abi.results import content_hash  # noqa: E402
+
+RESULT_STAMP = "abi_result_sha256"
+NAME_STAMP = "abi_figure"
 
 METRIC_LABELS = {
     "top5": "top-5 overlap",
@@ -35,23 +43,58 @@ THRESHOLDS = {
 
 
 def result_hash(result: dict[str, Any]) -> str:
-    """Hash of a result's content, independent of JSON formatting."""
-    return hashlib.sha256(json.dumps(result, sort_keys=True, allow_nan=False, default=str).encode()).hexdigest()
+    """Hash of a result's content, independent of JSON formatting and of its seal: the result file's
+    own ``content_sha256``, so a figure drawn before the file was sealed still matches it."""
+    return content_hash(result)
+
+
+@functools.cache
+def _declared() -> dict[str, str]:
+    declared: dict[str, str] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for stem, text in getattr(module, "FIGURES", {}).items():
+            if stem in declared:
+                raise ValueError(f"figure {stem!r} is declared twice (again in {module.__name__}.FIGURES)")
+            declared[stem] = text
+    return declared
+
+
+def declared_figures() -> dict[str, str]:
+    """Every figure the book uses, file stem -> what it shows: the union of each plotting module's ``FIGURES``."""
+    return dict(_declared())
 
 
 def save_figure(fig: plt.Figure, path: Path, result: dict[str, Any]) -> Path:
-    """Save atomically with the result's hash in the PNG metadata."""
+    """Save atomically, stamped with the result's hash and the figure's own name; an undeclared name is refused,
+    so the verifier's list of expected figures is always the list of figures drawn."""
+    path = Path(path)
+    if path.stem not in declared_figures():
+        plt.close(fig)
+        raise ValueError(f"{path.name}: not a declared figure; add {path.stem!r} to FIGURES of its abi.plotting "
+                         f"module (declared: {', '.join(sorted(declared_figures()))}).")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"abi_result_sha256": result_hash(result)})
+    stamps = {RESULT_STAMP: result_hash(result), NAME_STAMP: path.stem}
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata=stamps)
     plt.close(fig)
     tmp.replace(path)
     return path
 
 
-def figure_result_hash(path: Path) -> str | None:
-    """The result hash stamped into a PNG by :func:`save_figure` (None if absent)."""
+def figure_stamps(path: Path) -> dict[str, str]:
+    """A PNG's text stamps, once the file is proven a complete PNG (a truncated or garbage file raises)."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return image.info.get("abi_result_sha256")
+        if image.format != "PNG":
+            raise ValueError(f"a {image.format} image, not a PNG")
+        image.verify()  # chunk structure and checksums, up to IEND
+    with Image.open(path) as image:
+        image.load()  # every pixel decodes
+        return dict(image.text)
+
+
+def figure_result_hash(path: Path) -> str | None:
+    """The result hash stamped into a PNG by :func:`save_figure` (None if absent)."""
+    return figure_stamps(path).get(RESULT_STAMP)

@@ -9,15 +9,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+from abi.experiments.backbone_invariance_stats import condition_label
 from abi.plotting import save_figure
 
+# The figures this module draws, file stem -> what it shows: the verifier expects each one.
+FIGURES: dict[str, str] = {
+    "backbone_invariance_perplexity": "held-out domain perplexity per condition with 95% CIs, per backbone",
+    "backbone_invariance_efficacy": "transfer efficacy under both oracles, the pass line and the published values",
+}
+
 _ORACLE_LABELS = {"ours": "oracle: fresh module on B' (ours)", "original": "oracle: fresh module on B (original's)"}
-
-
-def _condition_label(name: str) -> str:
-    from abi.reports.backbone_invariance import condition_label
-
-    return condition_label(name)
 
 
 def plot_perplexities(result: dict[str, Any], path: Path) -> Path:
@@ -41,7 +42,7 @@ def plot_perplexities(result: dict[str, Any], path: Path) -> Path:
             bar.set_hatch(hatch)
         for yi, value, high in zip(y, estimates, [ppl[c]["high"] for c in conditions]):
             ax.text(high, yi, f"  {value:.2f}", va="center", ha="left", fontsize=8)
-        ax.set_yticks(y, [_condition_label(c) for c in conditions], fontsize=8)
+        ax.set_yticks(y, [condition_label(c) for c in conditions], fontsize=8)
         ax.set_xlabel("held-out code perplexity (lower is better)")
         ax.set_xlim(0, float(np.max([ppl[c]["high"] for c in conditions])) * 1.2)
         ax.set_title(name)
@@ -58,19 +59,19 @@ def plot_efficacy(result: dict[str, Any], path: Path, clip: tuple[float, float] 
     ``clip`` are cut and marked with a triangle.
     """
     sns.set_theme(style="whitegrid", context="notebook")
-    groups = [(name, update) for name, s in result["summary"].items() for update in s["efficacy"]]
+    groups = [(name, update) for name, summary in result["summary"].items() for update in summary["efficacy"]]
     fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * (len(groups) + 2)), 4.8))
     palette = dict(zip(_ORACLE_LABELS, sns.color_palette("deep", 2)))
     low_clip, high_clip = clip
     for x, (name, update) in enumerate(groups):
         for offset, oracle in zip((-0.12, 0.12), _ORACLE_LABELS):
-            eff = result["summary"][name]["efficacy"][update][oracle]
-            if eff["estimate"] is None or not np.isfinite(eff["estimate"]):
+            efficacy = result["summary"][name]["efficacy"][update][oracle]
+            if efficacy["estimate"] is None or not np.isfinite(efficacy["estimate"]):
                 continue  # undefined ratio (0/0): nothing to draw, the table says so
-            estimate = float(np.clip(eff["estimate"], low_clip, high_clip))
-            low = low_clip if eff["low"] is None else float(np.clip(eff["low"], low_clip, high_clip))
-            high = high_clip if eff["high"] is None else float(np.clip(eff["high"], low_clip, high_clip))
-            face = "white" if eff["ill_conditioned"] else palette[oracle]
+            estimate = float(np.clip(efficacy["estimate"], low_clip, high_clip))
+            low = low_clip if efficacy["low"] is None else float(np.clip(efficacy["low"], low_clip, high_clip))
+            high = high_clip if efficacy["high"] is None else float(np.clip(efficacy["high"], low_clip, high_clip))
+            face = "white" if efficacy["ill_conditioned"] else palette[oracle]
             ax.errorbar(x + offset, estimate, yerr=[[estimate - low], [high - estimate]], fmt="o", ms=7,
                         color=palette[oracle], mfc=face, capsize=4,
                         label=_ORACLE_LABELS[oracle] if x == 0 else None)
@@ -79,8 +80,9 @@ def plot_efficacy(result: dict[str, Any], path: Path, clip: tuple[float, float] 
                     ax.plot(x + offset, bound, marker, color=palette[oracle], ms=6)
     published = result["published"]
     t5 = published["t5-large"]
-    t5_ill = t5["raw_ppl"] - t5["oracle_ppl"] < result["parameters"]["ill_conditioned_fraction"] * t5["raw_ppl"]
-    extra = [("published\nT5-large", t5["efficacy"], t5_ill),
+    ill_conditioned_below = result["parameters"]["ill_conditioned_fraction"] * t5["raw_ppl"]
+    t5_ill_conditioned = t5["raw_ppl"] - t5["oracle_ppl"] < ill_conditioned_below
+    extra = [("published\nT5-large", t5["efficacy"], t5_ill_conditioned),
              ("published\nGPT-2-medium", published["gpt2-medium"]["efficacy"], False)]
     for i, (_, value, ill) in enumerate(extra):
         ax.plot(len(groups) + i, value, "*", color="crimson", mfc="white" if ill else "crimson", ms=14,

@@ -6,10 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 import seaborn as sns
 
 from abi.plotting import METRIC_LABELS, THRESHOLDS, save_figure
+from abi.plotting.curves import rolling_curve
+
+# The figures this module draws, file stem -> what it shows: the verifier expects each one.
+FIGURES: dict[str, str] = {
+    "core_nib_calibration": "calibration curves: training and validation corrMSE, validation top-5, per seed",
+    "core_nib_arms": "held-out NIB metrics of each arm with 95% CIs, thresholds and the published values",
+}
 
 ARM_LABELS = {
     "no_module": "no module\n(floor)",
@@ -20,13 +26,6 @@ ARM_LABELS = {
 }
 
 
-
-def _rolling(values: list[float], window: int) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    window = max(1, min(window, len(values)))
-    return np.convolve(values, np.ones(window) / window, mode="valid")
-
-
 def plot_calibration_curve(result: dict[str, Any], path: Path) -> Path:
     """Training corrMSE (rolling mean) and held-out validation agreement against calibration step."""
     sns.set_theme(style="whitegrid", context="notebook")
@@ -35,8 +34,7 @@ def plot_calibration_curve(result: dict[str, Any], path: Path) -> Path:
     window = result["parameters"].get("rolling_window", 50)
     for color, (kind, label) in zip(palette, (("calibration", "candidate"), ("random_calibration", "random module"))):
         for i, log in enumerate(result["training"][kind].values()):
-            curve = _rolling(log["losses"], window)
-            steps = np.arange(len(curve)) + len(log["losses"]) - len(curve)
+            steps, curve = rolling_curve(log["losses"], window)
             kwargs = {"color": color, "alpha": 0.85, "label": label if i == 0 else None}
             axes[0].plot(steps, curve, **kwargs)
             evals = log["evaluations"]
@@ -56,8 +54,8 @@ def _arm_points(result: dict[str, Any], metric: str) -> list[tuple[str, str, flo
     points = []
     for name, comparison in result["comparisons"].items():
         group, _, seed = name.partition("/")
-        ci = comparison["ci"][metric]
-        points.append((group, seed or "-", ci["estimate"], ci["low"], ci["high"]))
+        interval = comparison["ci"][metric]
+        points.append((group, seed or "-", interval["estimate"], interval["low"], interval["high"]))
     return points
 
 

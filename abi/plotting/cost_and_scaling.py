@@ -10,6 +10,13 @@ import seaborn as sns
 
 from abi.plotting import save_figure
 
+# The figures this module draws, file stem -> what it shows: the verifier expects each one.
+FIGURES: dict[str, str] = {
+    "benchmarks_scaling": "CPU time per step against width and taps, NIB time against windows",
+    "benchmarks_memory": "CPU peak memory against width and taps",
+    "benchmarks-gpu_scaling": "GPU time per step against width and taps, NIB time against windows",
+}
+
 _STAGES = {"domain": "domain stage (CE through the head)", "calibration": "calibration (corrMSE on the cache)"}
 
 

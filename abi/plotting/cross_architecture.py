@@ -6,13 +6,20 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 import seaborn as sns
 
 from abi.experiments.cross_architecture_stats import ARMS, SEEDED_ARMS, pair_comparisons
 from abi.plotting import METRIC_LABELS, THRESHOLDS, save_figure
+from abi.plotting.curves import rolling_curve
 
-ARM_LABELS = {
+# The figures this module draws, file stem -> what it shows: the verifier expects each one.
+FIGURES: dict[str, str] = {
+    "cross_architecture_arms": "held-out NIB metrics and perplexity of every arm against the native module, per pair",
+    "cross_architecture_kd": "KL part of the KD loss against step, per KD arm and seed, per pair",
+}
+
+# Short, wrapped arm names for the x axis (the tables' full labels: ``cross_architecture_stats.ARM_LABELS``).
+ARM_TICK_LABELS = {
     "migrated": "migrated\n(the claim)",
     "random_module": "random module\n+ Procrustes + KD",
     "procrustes_only": "Procrustes only\n(0 KD steps)",
@@ -35,18 +42,19 @@ def plot_arms(result: dict[str, Any], path: Path) -> Path:
     palette = dict(zip(ARMS, sns.color_palette("deep", len(ARMS))))
     published = result["published"]["official"]
     for row, key in zip(axes, keys):
-        cmp = pair_comparisons(result["comparisons"], key)
+        comparisons = pair_comparisons(result["comparisons"], key)
         for ax, metric in zip(row, _PANELS):
             for x, arm in enumerate(ARMS):
-                members = sorted(k for k in cmp if k.split("/")[0] == arm)
+                members = sorted(k for k in comparisons if k.split("/")[0] == arm)
                 for i, name in enumerate(members):
                     offset = (i - (len(members) - 1) / 2) * 0.14
                     if metric == "ppl":
-                        ax.plot(x + offset, cmp[name]["summary"]["ppl"], "o", color=palette[arm], ms=5)
+                        ax.plot(x + offset, comparisons[name]["summary"]["ppl"], "o", color=palette[arm], ms=5)
                         continue
-                    ci = cmp[name]["ci"][metric]
-                    ax.errorbar(x + offset, ci["estimate"], yerr=[[ci["estimate"] - ci["low"]],
-                                                                  [ci["high"] - ci["estimate"]]],
+                    window_ci = comparisons[name]["ci"][metric]
+                    ax.errorbar(x + offset, window_ci["estimate"],
+                                yerr=[[window_ci["estimate"] - window_ci["low"]],
+                                      [window_ci["high"] - window_ci["estimate"]]],
                                 fmt="o", color=palette[arm], capsize=2, ms=4)
                 if arm in SEEDED_ARMS:
                     mean = result["groups"][key][arm][metric]["estimate"]
@@ -57,7 +65,7 @@ def plot_arms(result: dict[str, Any], path: Path) -> Path:
             else:
                 ax.axhline(THRESHOLDS[metric], color="k", ls="--", lw=1, label="NIB threshold")
                 ax.axhline(published[metric], color="crimson", ls=":", lw=1.5, label="published (T5-large -> GPT-2-m)")
-            ax.set_xticks(range(len(ARMS)), [ARM_LABELS[a] for a in ARMS], fontsize=7, rotation=35, ha="right")
+            ax.set_xticks(range(len(ARMS)), [ARM_TICK_LABELS[a] for a in ARMS], fontsize=7, rotation=35, ha="right")
             ax.set_title(f"{key}\n{_PANELS[metric]}", fontsize=9)
     handles = {}
     for ax in (axes[0][0], axes[0][-1]):
@@ -68,12 +76,6 @@ def plot_arms(result: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9)
     return save_figure(fig, path, result)
-
-
-def _rolling(values: list[float], window: int) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    window = max(1, min(window, len(values)))
-    return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
 def plot_kd_curves(result: dict[str, Any], path: Path, window: int = 5) -> Path:
@@ -87,8 +89,7 @@ def plot_kd_curves(result: dict[str, Any], path: Path, window: int = 5) -> Path:
         for arm in _KD_ARMS:
             members = [logs[k] for k in sorted(logs) if k.split("/")[0] == arm]
             for i, log in enumerate(members):
-                curve = _rolling(log["kl"], window)
-                steps = np.arange(len(curve)) + len(log["kl"]) - len(curve)
+                steps, curve = rolling_curve(log["kl"], window)
                 ax.plot(steps, curve, color=palette[arm], alpha=0.85, label=arm.replace("_", " ") if i == 0 else None)
         ax.set(title=f"{key}: KD, KL(teacher || student) at T", xlabel="KD step", yscale="log")
         ax.legend(fontsize=8)

@@ -10,8 +10,15 @@ import numpy as np
 import seaborn as sns
 from matplotlib.ticker import NullFormatter
 
+from abi.experiments.objective_ablation_stats import objective_label
 from abi.plotting import THRESHOLDS, save_figure
-from abi.reports.objective_ablation import label
+
+# The figures this module draws, file stem -> what it shows: the verifier expects each one.
+FIGURES: dict[str, str] = {
+    "objective_ablation_lr_sweep": "validation top-5 of every swept learning rate per objective",
+    "objective_ablation_top5": "held-out top-5 per objective: seeds, seed means and the floors",
+    "objective_ablation_loss_vs_agreement": "top-5 against training and held-out losses, per objective and seed",
+}
 
 
 def _objectives(result: dict[str, Any]) -> list[str]:
@@ -35,9 +42,10 @@ def plot_objective_top5(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(names)), 5))
     for x, name in enumerate(names):
         for i, seed in enumerate(seeds):
-            ci = result["comparisons"][f"{name}/{seed}"]["ci"]["top5"]
+            window_ci = result["comparisons"][f"{name}/{seed}"]["ci"]["top5"]
+            estimate = window_ci["estimate"]
             offset = (i - (len(seeds) - 1) / 2) * 0.1 - 0.12
-            ax.errorbar(x + offset, ci["estimate"], yerr=[[ci["estimate"] - ci["low"]], [ci["high"] - ci["estimate"]]],
+            ax.errorbar(x + offset, estimate, yerr=[[estimate - window_ci["low"]], [window_ci["high"] - estimate]],
                         fmt="o", ms=4, color=palette[name], alpha=0.6, capsize=2)
         group = result["groups"][name]["top5"]
         low = group["low"] if group["low"] is not None else group["estimate"]
@@ -49,7 +57,7 @@ def plot_objective_top5(result: dict[str, Any], path: Path) -> Path:
                label="uncalibrated candidates (floor)")
     ax.axhline(result["comparisons"]["no_module"]["summary"]["top5"], color="grey", ls=":", label="bare backbone")
     ax.axhline(THRESHOLDS["top5"], color="k", ls="--", lw=1, label="NIB threshold")
-    ax.set_xticks(range(len(names)), [label(n) for n in names], rotation=25, ha="right")
+    ax.set_xticks(range(len(names)), [objective_label(n) for n in names], rotation=25, ha="right")
     ax.set_ylabel("held-out top-5 overlap with the anchor")
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title("Calibration objectives at their own best LR: small dots = one seed (95% window-bootstrap CI), "
@@ -69,14 +77,15 @@ def plot_loss_vs_agreement(result: dict[str, Any], path: Path) -> Path:
               ("held-out KL(anchor || candidate), nats", "kl_ac"),
               ("held-out corrMSE to the anchor", "corr_mse"))
     for ax, (xlabel, metric) in zip(axes, panels):
-        for k, name in enumerate(names):
+        for index, name in enumerate(names):
             ys = [result["comparisons"][f"{name}/{s}"]["summary"]["top5"] for s in seeds]
             if metric is None:
                 xs = result["groups"][name]["final_loss"]["per_seed"]
             else:
                 xs = [result["comparisons"][f"{name}/{s}"]["summary"][metric] for s in seeds]
-            ax.scatter(xs, ys, s=70 if k == 0 else 40, marker=_MARKERS[k % len(_MARKERS)], label=label(name),
-                       alpha=0.8, edgecolors=palette[name], facecolors="none" if k == 0 else palette[name])
+            ax.scatter(xs, ys, s=70 if index == 0 else 40, marker=_MARKERS[index % len(_MARKERS)],
+                       label=objective_label(name), alpha=0.8, edgecolors=palette[name],
+                       facecolors="none" if index == 0 else palette[name])
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide on narrow ranges
         ax.set_xlabel(xlabel)
@@ -100,7 +109,8 @@ def plot_lr_sweep(result: dict[str, Any], path: Path) -> Path:
             lrs = np.array([g["lr"] for g in selection["grid"]])
             top5 = np.array([g["validation_top5"] for g in selection["grid"]])
             dashed = bool(result["objectives"][name]["equivalent_to"])  # drawn over the objective it equals
-            ax.plot(lrs, top5, marker="o", color=palette[name], ls="--" if dashed else "-", label=label(name))
+            ax.plot(lrs, top5, marker="o", color=palette[name], ls="--" if dashed else "-",
+                    label=objective_label(name))
             best = lrs == selection["best_lr"]
             ax.scatter(lrs[best], top5[best], s=160, facecolors="none", edgecolors=palette[name], lw=2)
             bests.append(float(top5[best][0]))

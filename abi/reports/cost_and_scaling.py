@@ -7,38 +7,45 @@ from typing import Any
 import pandas as pd
 
 
-def _range(record: dict[str, float]) -> str:
+def _speedup(record: dict[str, float]) -> str:
+    """A speed-up over repeats: the median, then the range."""
     return f"{record['median']:.1f}x ({record['min']:.1f}-{record['max']:.1f})"
 
 
 def feature_cache_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
-    fc = benchmarks["sections"]["feature_cache"]
-    break_even = f"{fc['break_even_steps']:.0f}" if fc["break_even_steps"] else "-"
+    """A calibration step on cached features against the same step recomputing the backbone."""
+    feature_cache = benchmarks["sections"]["feature_cache"]
+    cache = feature_cache["cache"]
+    break_even = f"{feature_cache['break_even_steps']:.0f}" if feature_cache["break_even_steps"] else "-"
     rows = {
-        "calibration step on cached features (s, median)": f"{fc['cached_step']['median_s']:.3f}",
-        "same step recomputing the backbone (s, median)": f"{fc['recompute_step']['median_s']:.3f}",
-        "speed-up (median, min-max)": _range(fc["speedup"]),
-        f"cache build for {fc['cache']['n_windows']} windows (s)": f"{fc['cache']['build_s']:.1f}",
+        "calibration step on cached features (s, median)": f"{feature_cache['cached_step']['median_s']:.3f}",
+        "same step recomputing the backbone (s, median)": f"{feature_cache['recompute_step']['median_s']:.3f}",
+        "speed-up (median, min-max)": _speedup(feature_cache["speedup"]),
+        f"cache build for {cache['n_windows']} windows (s)": f"{cache['build_s']:.1f}",
         "break-even (steps)": break_even,
-        f"target: at least {fc['target_speedup']:.0f}x": "met" if fc["meets_target"] else "NOT met",
+        f"target: at least {feature_cache['target_speedup']:.0f}x": "met" if feature_cache["meets_target"]
+        else "NOT met",
     }
     return pd.DataFrame({"value": rows}).rename_axis("measure")
 
 
 def nib_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
+    """The vectorised NIB metric against the per-position reference, per vocabulary size."""
     section = benchmarks["sections"]["nib_evaluator"]
     rows = [{"vocabulary": f"{r['vocab']:,}", "positions": r["positions"],
              "per-position reference (s)": round(r["reference"]["median_s"], 3),
-             "vectorised (s)": round(r["vectorised"]["median_s"], 3), "speed-up": _range(r["speedup"]),
+             "vectorised (s)": round(r["vectorised"]["median_s"], 3), "speed-up": _speedup(r["speedup"]),
              "max |difference|": f"{r['max_abs_difference']:.1e}"} for r in section["records"]]
     return pd.DataFrame(rows).set_index("vocabulary")
 
 
 def growth_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
+    """The fitted power-law exponent of each scaling curve, and what growth it means."""
     growth = benchmarks["sections"]["scaling"]["growth"]
 
-    def shape(k: float) -> str:
-        return "sub-linear" if k < 0.8 else "about linear" if k < 1.3 else "about quadratic" if k < 2.3 else "steeper"
+    def shape(exponent: float) -> str:
+        return ("sub-linear" if exponent < 0.8 else "about linear" if exponent < 1.3
+                else "about quadratic" if exponent < 2.3 else "steeper")
 
     rows = [{"curve": name.replace("_", " "), "exponent k": round(fit["exponent"], 2),
              "std. error": round(fit["stderr"], 2), "r²": round(fit["r2"], 3), "growth": shape(fit["exponent"])}
@@ -47,6 +54,7 @@ def growth_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
 
 
 def end_to_end_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
+    """Each notebook's wall time and peak memory against its target (stale rows marked)."""
     rows = []
     for run in benchmarks["sections"].get("end_to_end", {}).get("runs", []):
         wall = run.get("wall_s")
@@ -60,11 +68,13 @@ def end_to_end_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
 
 
 def glue_values(benchmarks: dict[str, Any]) -> dict[str, Any]:
-    fc = benchmarks["sections"]["feature_cache"]
+    """Numbers the appendix's prose pulls in with myst-nb ``glue`` (prefix ``bench_``)."""
+    feature_cache = benchmarks["sections"]["feature_cache"]
+    break_even = feature_cache["break_even_steps"]
     nib = benchmarks["sections"]["nib_evaluator"]["records"]
     return {
-        "bench_cache_speedup": round(fc["speedup"]["median"], 1),
-        "bench_cache_break_even": round(fc["break_even_steps"]) if fc["break_even_steps"] else None,
+        "bench_cache_speedup": round(feature_cache["speedup"]["median"], 1),
+        "bench_cache_break_even": round(break_even) if break_even else None,
         "bench_nib_speedup_262k": round(nib[-1]["speedup"]["median"], 1),
         "bench_nib_speedup_32k": round(nib[0]["speedup"]["median"], 1),
         "bench_device": benchmarks["device"],

@@ -1,47 +1,63 @@
-"""The summary chapter: every claim's published figures beside ours, with a verdict and the reason.
+"""The summary chapter: every claim's published figures beside ours, with the claim's verdict and the reason.
 
-Each claim's report module (``abi.reports.<claim>``) provides ``summary_rows(result)``; a claim whose
-result file does not exist yet gets one "not testable here" row, so the table always lists all four.
+A claim's verdict is the one its own chapter states, by the same rule:
+``abi.experiments.<claim>_stats.claim_verdict``. Its rows (published figure, ours, the reason) come from
+``abi.reports.<claim>.summary_rows``. A claim whose result file does not exist yet gets one "not testable
+here" row, so the table always lists every claim.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
-from abi.pipeline import claim_of, is_report, notebook_names
+from abi.pipeline import claim_of, notebook_names
 from abi.results import load_result
 
-VERDICTS = ("reproduced", "not reproduced", "not testable here")
+NOT_TESTABLE = "not testable here"
+COLUMNS = ("claim", "figure", "published", "ours", "verdict", "why")
 
 
-def _rows_of(notebook: str, results_dir: Path) -> list[dict]:
+def _stats_module(claim: str) -> ModuleType | None:
+    """The claim's stats module; report notebooks (the summary, the cost appendix) have none."""
+    name = f"abi.experiments.{claim}_stats"
+    return importlib.import_module(name) if importlib.util.find_spec(name) else None
+
+
+def _rows_of(notebook: str, stats: ModuleType, results_dir: Path) -> list[dict]:
     claim = claim_of(notebook)
     path = results_dir / f"{claim}.json"
     if not path.is_file():
         label = f"{int(notebook[:2])}. {claim.replace('_', ' ')}"
-        return [{"claim": label, "figure": "-", "published": "-", "ours": "-",
-                 "verdict": "not testable here", "why": f"no result file {path.name}: its notebook has not run"}]
+        return [{"claim": label, "figure": "-", "published": "-", "ours": "-", "verdict": NOT_TESTABLE,
+                 "why": f"no result file {path.name}: its notebook has not run"}]
+    result = load_result(path)
+    verdict = stats.claim_verdict(result)
     report = importlib.import_module(f"abi.reports.{claim}")
-    return report.summary_rows(load_result(path))
+    return [{column: {**row, "verdict": verdict}[column] for column in COLUMNS} for row in report.summary_rows(result)]
 
 
 def summary_table(results_dir: Path) -> pd.DataFrame:
     """All rows, claims in notebook order; every result file is verified as it is read."""
     rows = []
     for name in notebook_names():
-        if not is_report(name):
-            rows.extend(_rows_of(name, Path(results_dir)))
-    table = pd.DataFrame(rows)
-    unknown = set(table["verdict"]) - set(VERDICTS)
-    if unknown:
-        raise ValueError(f"summary verdicts must be one of {VERDICTS}, got {sorted(unknown)}")
-    return table
+        stats = _stats_module(claim_of(name))
+        if stats is not None:
+            rows.extend(_rows_of(name, stats, Path(results_dir)))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
-    """How many claims got each verdict (one verdict per claim)."""
+    """How many claims got each verdict (one verdict per claim), verdicts in the order the claims first give them."""
     per_claim = table.groupby("claim", sort=False)["verdict"].first()
-    return {verdict: int((per_claim == verdict).sum()) for verdict in VERDICTS}
+    return {verdict: int((per_claim == verdict).sum()) for verdict in dict.fromkeys(per_claim)}
+
+
+def glue_name(verdict: str) -> str:
+    """``passes, but not above every floor`` -> ``summary_passes_but_not_above_every_floor``."""
+    return "summary_" + re.sub(r"\W+", "_", verdict).strip("_")

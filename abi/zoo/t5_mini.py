@@ -12,7 +12,7 @@ The recipe, every step seeded and logged:
    reproduces SentencePiece's BPE segmentation exactly; the T5 converter would collapse
    whitespace. Both corpora are then tokenized per split with that tokenizer, exactly as the
    experiments tokenize them.
-2. ``train``: T5 v1.0 layout like the seed's T5-large (ReLU feed-forward, tied embeddings, so
+2. ``train``: T5 v1.0 layout like the release's T5-large (ReLU feed-forward, tied embeddings, so
    the head scales by ``d_model**-0.5``), 4+4 layers, d=256. Objective: prefix-LM, the layout of
    the ``t5-prefix`` protocol: 64 tokens into the encoder, the next 64 predicted by the decoder
    (inputs shifted right with the pad token). Windows are drawn uniformly from the train
