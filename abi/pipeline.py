@@ -68,9 +68,9 @@ class BuildLayout:
 
 def is_report(name: str) -> bool:
     """Report notebooks (summary, appendix) read result files instead of running an experiment."""
-    from abi.experiments import CLAIM_MODULES
+    from abi.experiments import claim_names
 
-    return claim_of(name) not in CLAIM_MODULES
+    return claim_of(name) not in claim_names()
 
 
 def notebook_dependencies(name: str) -> list[Path]:

@@ -38,7 +38,9 @@ def register_profiles(claim: str, profiles: Mapping[str, Mapping[str, Any]]) -> 
 def claim_profiles(claim: str) -> dict[str, Mapping[str, Any]]:
     """The registered profiles of one claim (importing every claim module registers them all)."""
     if claim not in _PROFILES:
-        import abi.experiments  # noqa: F401  (each claim module registers its profiles on import)
+        from abi.experiments import claim_modules
+
+        claim_modules()  # each claim module registers its profiles on import
     if claim not in _PROFILES:
         raise ParameterError(f"unknown claim {claim!r}; known: {', '.join(sorted(_PROFILES))}.")
     return _PROFILES[claim]

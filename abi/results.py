@@ -45,15 +45,17 @@ class ResultFileError(ValueError):
 
 
 Deriver = Callable[[dict[str, Any]], dict[str, Any]]
-_DERIVERS: dict[str, Deriver] = {}
 
 
-def register_deriver(claim: str, deriver: Deriver) -> None:
-    """Register the function that computes a claim's derived sections from its comparisons.
+def claim_deriver(claim: str, source: str = "<result>") -> Deriver:
+    """The function that computes a claim's derived sections from its comparisons: ``derive`` in
+    ``abi.experiments.<claim>_stats``. The notebook's writer and the verifier both call it, so the
+    two can never disagree; it is found by name, so checking a result loads no experiment code."""
+    from abi.experiments import claim_names, stats_module
 
-    The notebook's writer and the verifier both call it, so the two can never disagree.
-    """
-    _DERIVERS[claim] = deriver
+    if claim not in claim_names():
+        raise ResultFileError(f"{source}: unknown claim {claim!r}; known: {', '.join(claim_names())}.")
+    return stats_module(claim).derive
 
 
 def provenance() -> dict[str, Any]:
@@ -273,10 +275,7 @@ def _check_result(result: dict[str, Any], source: str) -> None:
     for section in COMPARISON_SECTIONS:
         for name, comparison in result.get(section, {}).items():
             _check_comparison(comparison, bootstrap, f"{source}: {section}.{name}")
-    deriver = _DERIVERS.get(result["claim"])
-    if deriver is None:
-        raise ResultFileError(f"{source}: unknown claim {result['claim']!r}; known: {', '.join(sorted(_DERIVERS))}.")
-    for key, expected in deriver(result).items():
+    for key, expected in claim_deriver(result["claim"], source)(result).items():
         if key not in result:
             raise ResultFileError(f"{source}: missing derived section {key!r}; re-run its notebook.")
         if not _close(_finite_json(expected), _finite_json(result[key])):

@@ -199,3 +199,22 @@ def test_summary_states_each_chapters_verdict() -> None:
     verdicts = summary_table(results_dir).groupby("claim", sort=False)["verdict"]
     assert (verdicts.nunique() == 1).all()  # one verdict per claim
     assert [verdict for verdict in verdicts.first() if verdict != "not testable here"] == expected
+
+
+def test_reading_results_loads_no_experiment_code() -> None:
+    """Reports, the summary and the verifier's checks import the statistics modules only: no claim's
+    experiment module (models, training) and no transformers."""
+    import subprocess
+    import sys
+
+    paths = [str(REPO_ROOT / "results" / f"{claim}.json") for claim in CLAIMS]
+    script = "\n".join([
+        "import sys",
+        "import abi.reports.summary",
+        *(f"import abi.reports.{claim}" for claim in CLAIMS),
+        "from abi.results import load_result",
+        *(f"load_result({path!r})" for path in paths),
+        "loaded = sorted(m for m in sys.modules if m.startswith('abi.experiments.') and not m.endswith('_stats'))",
+        "assert not loaded and 'transformers' not in sys.modules, (loaded, 'transformers' in sys.modules)",
+    ])
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)

@@ -174,7 +174,7 @@ def test_published_must_equal_the_claim_modules_constant_even_when_resealed(resu
     path = results_dir / "objective_ablation.json"
     _edit(path, lambda data: data["published"].__setitem__("kl_top5_drop", 0.3), reseal=True)
     failures = [f for f in _failures(results_dir) if not f.startswith(f"{results_dir}/figures/")]
-    assert failures == [f"{path}: field published differs from PUBLISHED in abi.experiments.objective_ablation (the "
+    assert failures == [f"{path}: field published differs from PUBLISHED in abi.experiments.objective_ablation_stats (the "
                         "release's figures): edited, or the constant changed since the run; re-run its notebook."]
 
 

@@ -60,7 +60,7 @@ from abi.experiments.backbone_invariance_stats import PUBLISHED, derive
 from abi.experiments.backbone_invariance_training import finetune_config
 from abi.experiments.common import check_held_out_splits
 from abi.profiles import ParameterError, check_ranges, register_profiles, resolve_parameters, type_matches
-from abi.results import Stopwatch, comparison_record, register_deriver, result_document
+from abi.results import Stopwatch, comparison_record, result_document
 
 CLAIM = "backbone_invariance"
 UPDATES = ("plain", "protected")
@@ -249,5 +249,3 @@ def build_result(params: dict[str, Any], blocks: dict[str, dict[str, Any]], watc
     result.update(derive(result))
     return result
 
-
-register_deriver(CLAIM, derive)

@@ -42,7 +42,7 @@ from abi.features import FeatureSet, extract_features
 from abi.module import ABIModule, ModuleConfig, count_parameters
 from abi.nib import get_protocol, tail_summary
 from abi.profiles import register_profiles, resolve_parameters
-from abi.results import Stopwatch, backbone_record, comparison_record, register_deriver, result_document
+from abi.results import Stopwatch, backbone_record, comparison_record, result_document
 from abi.schedule import PhaseSchedule
 from abi.stats import design_effect, naive_token_ci
 from abi.train import calibrate, module_corrections, train_domain_stage
@@ -340,5 +340,3 @@ def build_result(setup: Setup, arms: Arms, scored: dict) -> dict[str, Any]:
     result.update(derive(result))
     return result
 
-
-register_deriver(CLAIM, derive)

@@ -53,7 +53,7 @@ from abi.experiments.cross_architecture_setup import module_taps, pair_key, pars
 from abi.experiments.cross_architecture_stats import ARMS, PUBLISHED, derive
 from abi.nib import get_protocol
 from abi.profiles import register_profiles, resolve_parameters
-from abi.results import Stopwatch, register_deriver, result_document
+from abi.results import Stopwatch, result_document
 from abi.zoo import t5_mini_cost
 
 CLAIM = "cross_architecture"
@@ -246,5 +246,3 @@ def build_result(params: dict[str, Any], blocks: list[PairBlock], keys: list[str
     result.update(derive(result))
     return result
 
-
-register_deriver(CLAIM, derive)

@@ -44,7 +44,7 @@ from abi.features import FeatureSet
 from abi.nib import get_protocol
 from abi.objectives import OBJECTIVES, check_hyper, get_objective, make_objective
 from abi.profiles import claim_profiles, register_profiles, resolve_parameters
-from abi.results import backbone_record, comparison_record, register_deriver, result_document
+from abi.results import backbone_record, comparison_record, result_document
 from abi.schedule import PhaseSchedule
 from abi.train import calibrate, module_corrections
 
@@ -385,5 +385,3 @@ def build_result(setup: Setup, arms: Arms, scored: dict) -> dict[str, Any]:
     result.update(derive(result))
     return result
 
-
-register_deriver(CLAIM, derive)

@@ -16,6 +16,7 @@ from types import ModuleType
 
 import pandas as pd
 
+from abi.experiments import claim_names, stats_module
 from abi.pipeline import claim_of, notebook_names
 from abi.results import load_result
 
@@ -25,8 +26,7 @@ COLUMNS = ("claim", "figure", "published", "ours", "verdict", "why")
 
 def _stats_module(claim: str) -> ModuleType | None:
     """The claim's stats module; report notebooks (the summary, the cost appendix) have none."""
-    name = f"abi.experiments.{claim}_stats"
-    return importlib.import_module(name) if importlib.util.find_spec(name) else None
+    return stats_module(claim) if claim in claim_names() else None
 
 
 def _rows_of(notebook: str, stats: ModuleType, results_dir: Path) -> list[dict]:
