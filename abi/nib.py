@@ -2,16 +2,20 @@
 
 NIB compares distributions, not predictions: at every scored position the anchor's softmax p
 and the candidate's softmax q are compared by Jensen-Shannon divergence (nats), top-1 and
-top-5 agreement and entropy difference; PASS needs all four thresholds at once. Everything
-is computed in float64 from log-softmax, in chunks of positions so a 262,144-wide vocabulary
-fits in memory. Ties in top-k are broken by ``torch.topk`` in an unspecified order, so with
-exactly tied logits the agreement metrics can depend on that order.
+top-5 agreement and entropy difference; PASS needs all four thresholds at once. The work over
+the vocabulary (a fused softmax, one log2) runs in float32, products and sums in float64: each
+metric stays within 1e-6 of an all-float64 computation (about 1e-7 per position) at a fraction
+of its cost; float64 logits are worked in float64. Positions go in chunks so a 262,144-wide
+vocabulary stays in cache. Top-k is taken on the logits themselves, with exact ties broken
+toward the lower token index, so the agreement metrics are deterministic.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,9 +25,11 @@ from torch import Tensor
 
 CORE_METRICS = ("js", "top1", "top5", "entropy_diff")
 _METRIC_KEYS = (*CORE_METRICS, "kl_ac", "entropy_anchor", "entropy_candidate")
-# A float64 [positions, V] tensor of this many elements is 64 MiB; about eight live at once.
-_CHUNK_ELEMENTS = 2**20  # 8 MiB float64 temporaries: below glibc's mmap threshold, reused
+# Positions x vocabulary per chunk: its float32 work arrays of 1 MiB (float64: 2 MiB) stay in cache.
+_CHUNK_ELEMENTS = 2**18
 _TOPK = 5
+_BLOCK = 256  # tokens per block when looking for the top k (see _candidate_top)
+_LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -70,53 +76,136 @@ def _check_pair(anchor: Tensor, candidate: Tensor, mask: Tensor | None) -> None:
         )
 
 
-def _rowdot(x: Tensor, y: Tensor) -> Tensor:
-    """Row-wise dot products through batched BLAS: no [P, V] temporary, unlike ``(x * y).sum(-1)``
-    (which is what ``linalg.vecdot`` does on the CPU, at three times the cost)."""
-    return torch.bmm(x.unsqueeze(-2), y.unsqueeze(-1)).reshape(x.shape[:-1])
+def _ordered_top(x: Tensor, k: int) -> Tensor:
+    """The k top token indices [R, k] by value, ties broken toward the lower token index (like
+    ``numpy.argmax``), so results never depend on a sort's internal order. O(V) per row."""
+    kth = torch.topk(x, k, dim=-1).values[:, -1:]
+    above, tied = x > kth, x == kth
+    chosen = above | (tied & (tied.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+    top = chosen.nonzero()[:, 1].reshape(-1, k)  # in index order: a stable sort puts the top-1 first
+    return top.gather(1, torch.sort(x.gather(1, top), dim=-1, descending=True, stable=True).indices)
 
 
-def _entropies_fast(p: Tensor, q: Tensor, lp: Tensor, lq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """H(p), H(q), H(m), sum p log q as plain dot products: NaN if any probability is exactly 0."""
-    m = torch.add(p, q).mul_(0.5)
-    h_m = -_rowdot(m, m.log())
-    return -_rowdot(p, lp), -_rowdot(q, lq), h_m, _rowdot(p, lq)
+def _candidate_top(x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k+1 largest logits per row, searched only in the k blocks with the largest maxima
+    (plus the ragged tail): the top k lie there, as each of those maxima outranks every token
+    outside, so one ``amax`` pass replaces a full top-k scan (10x slower). Also returns the
+    largest logit outside the searched blocks, which a tie at the k-th place is checked against."""
+    rows, vocab = x.shape
+    head = vocab - vocab % _BLOCK
+    top_blocks = torch.topk(x[:, :head].reshape(rows, -1, _BLOCK).amax(-1), k + 1, dim=-1)
+    offsets = torch.arange(_BLOCK, device=x.device)
+    index = (top_blocks.indices[:, :k, None] * _BLOCK + offsets).reshape(rows, -1)
+    if head < vocab:
+        index = torch.cat([index, torch.arange(head, vocab, device=x.device).expand(rows, -1)], dim=-1)
+    best = torch.topk(x.gather(1, index), k + 1, dim=-1)
+    return best.values, index.gather(1, best.indices), top_blocks.values[:, k]
 
 
-def _entropies_safe(p: Tensor, q: Tensor, lp: Tensor, lq: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The same with 0 log 0 = 0 (``special.entr``), for logits holding -inf; about 3x slower."""
-    entr = torch.special.entr
-    cross = torch.where(p > 0, p * lq, torch.zeros_like(p))
-    return entr(p).sum(-1), entr(q).sum(-1), entr(0.5 * (p + q)).sum(-1), cross.sum(-1)
+def _top_indices(x: Tensor, k: int) -> Tensor:
+    """The k top token indices [R, k] of logits [R, V], top-1 first; top-k of the logits is top-k
+    of the probabilities (softmax is monotone). Rows with a tie that decides the top-1 or the set
+    are redone by ``_ordered_top``; without ties the fast path gives the same answer."""
+    vocab = x.shape[-1]
+    if vocab <= k or not len(x):  # every token is in the top k, or there is no row
+        return _ordered_top(x, k) if len(x) else torch.zeros(0, k, dtype=torch.long, device=x.device)
+    if vocab // _BLOCK > k:
+        values, index, outside = _candidate_top(x, k)
+    else:  # few tokens: scan them all
+        (values, index), outside = torch.topk(x, k + 1, dim=-1), torch.tensor(-math.inf, device=x.device)
+    tied = (values[:, 0] == values[:, 1]) | (values[:, k - 1] == values[:, k]) | (values[:, k - 1] <= outside)
+    top, rows = index[:, :k].clone(), tied.nonzero()[:, 0]
+    if rows.numel():
+        top[rows] = _ordered_top(x[rows], k)
+    return top
 
 
-def _chunk_metrics(a: Tensor, c: Tensor) -> dict[str, Tensor]:
-    """All metrics for a [P, V] chunk, in float64 from log-softmax for stable sums.
+def _top_pairs(a: Tensor, c: Tensor) -> Tensor:
+    """Top-k tokens [2, N, k] of both logits [N, V], top-1 first, by blocks of rows: one pass for all."""
+    k, step = min(_TOPK, a.shape[-1]), max(1, 2**22 // a.shape[-1])
+    return torch.stack([torch.cat([_top_indices(x[i : i + step], k) for i in range(0, max(len(x), 1), step)])
+                        for x in (a, c)])
 
-    JS is written as H(m) - (H(p) + H(q)) / 2 and KL(p||q) as -H(p) - sum p log q: four
-    vocabulary-wide dot products, which is where the evaluator's time goes. Top-k runs on the raw
-    logits, whose order equals that of the probabilities.
-    """
-    k = min(_TOPK, a.shape[-1])
-    top_p = torch.topk(a, k, dim=-1).indices
-    top_q = torch.topk(c, k, dim=-1).indices
-    lp = torch.log_softmax(a.to(torch.float64), dim=-1)
-    lq = torch.log_softmax(c.to(torch.float64), dim=-1)
-    p, q = lp.exp(), lq.exp()
-    h_p, h_q, h_m, cross = _entropies_fast(p, q, lp, lq)
-    if not (torch.isfinite(h_p).all() and torch.isfinite(h_q).all() and torch.isfinite(h_m).all()):
-        h_p, h_q, h_m, cross = _entropies_safe(p, q, lp, lq)
-    # topk indices are distinct within a row, so counting equal pairs counts the intersection.
-    shared = (top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).sum(dim=(-2, -1))
-    return {
-        "js": (h_m - 0.5 * (h_p + h_q)).clamp_min(0.0),
-        "top1": (top_p[:, 0] == top_q[:, 0]).to(torch.float64),
-        "top5": shared.to(torch.float64) / k,
-        "entropy_diff": (h_p - h_q).abs(),
-        "kl_ac": (-h_p - cross).clamp_min(0.0),
-        "entropy_anchor": h_p,
-        "entropy_candidate": h_q,
-    }
+
+def _scratch(rows: int, a: Tensor, c: Tensor) -> tuple[Tensor, ...]:
+    """Work arrays for chunks of up to ``rows`` positions, allocated once per call: megabyte arrays freed after each
+    chunk go back to the OS and are page-faulted in anew by the next (3x slower). p [2, R, V]: softmax of anchor and
+    candidate in float32 (float64 for float64 logits); p64, x64: p and the logits in float64 (x64's anchor half then
+    holds log2 u); u [R, V]: the scaled mixture."""
+    dtype = torch.float64 if torch.float64 in (a.dtype, c.dtype) else torch.float32
+    pair, f64, device = (2, rows, a.shape[-1]), torch.float64, a.device
+    shapes = ((pair, dtype), (pair, f64), (pair, f64), (pair[1:], dtype))
+    return tuple(torch.empty(shape, dtype=kind, device=device) for shape, kind in shapes)
+
+
+def _entropy_terms(a: Tensor, c: Tensor, top: Tensor, work: Sequence[Tensor], safe: bool) -> tuple[Tensor, ...]:
+    """[H(p), H(q)] as [R, 2], H(m) and sum p log q in nats, float64, given the top tokens [2, R, k]:
+    softmax and log2 in float32 (float64 for float64 logits), products (exact for float32 factors)
+    and sums in float64, by batched matrix products that read each row once.
+
+    p comes from torch's fused softmax (several times faster than ``torch.exp`` on the CPU), which
+    scales by 1/Z rounded to its dtype: that is p at the top token, so log Z = log z - log p[top]
+    is exact for z = sum p in float64; at the other top tokens, which weigh most, p is redone in
+    float64. With s = x - max, H(p) = log Z - E_p[s] and sum p log q = E_p[s_c] - log Z_c. H(m)
+    is log U - sum u log u / U for u = m * exp(hbar), whose log is near 0 where m has its mass so
+    a float32 log2 rounds little (float64 at the top tokens). ``safe`` reads -inf logits (tokens
+    without mass) as 0 so 0 * -inf adds 0."""
+    p, p64, x64, u = work
+    torch.softmax(a.to(p.dtype), dim=-1, out=p[0])
+    torch.softmax(c.to(p.dtype), dim=-1, out=p[1])
+    p64.copy_(p)
+    top_logit, scale = x64.gather(2, top[..., :1]), p64.gather(2, top[..., :1])
+    p64.scatter_(2, top, torch.exp(x64.gather(2, top) - top_logit) * scale)
+    z = p64.sum(-1)
+    shift = (z.log() - scale[..., 0].log() + top_logit[..., 0]).T  # [R, 2]: log Z + max x
+    if safe:
+        x64.nan_to_num_(neginf=0.0)
+    mean_x = torch.bmm(p64.transpose(0, 1), x64.permute(1, 2, 0)) / z.T[..., None]  # [r, s, t]: E_{p_s}[x_t]
+    h = shift - torch.diagonal(mean_x, dim1=1, dim2=2)
+    cross = mean_x[:, 0, 1] - shift[:, 1]
+    if safe:  # p has mass where q has none: sum p log q = -inf
+        cross = cross.masked_fill(((p[0] > 0) & torch.isneginf(c)).any(-1), -math.inf)
+    w = torch.exp(h.mean(-1, keepdim=True)) * 0.5 / z.T  # [R, 2]: u = w_p p + w_q q
+    w32 = w.to(p.dtype)
+    log_u = x64[0].copy_(torch.log2(torch.mul(p[1], w32[:, 1:], out=u).addcmul_(p[0], w32[:, :1]), out=u))
+    heavy = top.transpose(0, 1).flatten(1)  # both sides' top tokens: log u in float64
+    log_u.scatter_(1, heavy, torch.log2(w[:, :1] * p64[0].gather(1, heavy) + w[:, 1:] * p64[1].gather(1, heavy)))
+    if safe:
+        log_u.nan_to_num_(neginf=0.0)
+    total = (w * z.T).sum(-1)
+    h_m = total.log() - (w * torch.bmm(log_u[:, None], p64.permute(1, 2, 0))[:, 0]).sum(-1) * _LN2 / total
+    return h, h_m, cross
+
+
+def _chunk_metrics(a: Tensor, c: Tensor, top: Tensor, scratch: Sequence[Tensor] = ()) -> Tensor:
+    """All metrics for a [P, V] chunk given its top tokens [2, P, k] (``_top_pairs``): float64
+    [len(_METRIC_KEYS), P]. JS is H(m) - (H(p) + H(q)) / 2 and KL(p||q) is -H(p) - sum p log q,
+    so each distribution is exponentiated once and only the mixture needs a logarithm. Logits
+    holding -inf (tokens with no mass) make 0 * -inf terms; those chunks are redone in safe mode."""
+    work = [t[..., : len(a), :] for t in (scratch or _scratch(len(a), a, c))]
+    for safe in (False, True):
+        work[2][0].copy_(a)
+        work[2][1].copy_(c)
+        h, h_m, cross = _entropy_terms(a, c, top, work, safe)
+        if bool(torch.isfinite(h.sum(-1) + h_m + cross).all()):
+            break
+    # top-k indices are distinct within a row, so counting equal pairs counts the intersection.
+    shared = (top[0].unsqueeze(-1) == top[1].unsqueeze(-2)).sum(dim=(-2, -1)).to(torch.float64) / top.shape[-1]
+    same = (top[0, :, 0] == top[1, :, 0]).to(torch.float64)
+    js, kl = (h_m - h.mean(-1)).clamp_min(0.0), (-h[:, 0] - cross).clamp_min(0.0)
+    return torch.stack([js, same, shared, (h[:, 0] - h[:, 1]).abs(), kl, h[:, 0], h[:, 1]])  # as _METRIC_KEYS
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the chunk loop on one CPU thread: its ops are small, and two OpenMP threads meeting at every op made it
+    3-10x slower when the other core was busy (1.4x faster on an idle machine). Restores the caller's setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if device.type == "cpu" else threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def nib_position_metrics(
@@ -129,7 +218,7 @@ def nib_position_metrics(
 
     Positions where ``mask`` is False are not computed and hold NaN, so an unscored value can
     never leak into a mean unnoticed. ``chunk_size`` caps positions per chunk; it is further
-    capped so one float64 chunk stays near 64 MiB whatever the vocabulary width.
+    capped so one chunk's float32 work arrays stay near 1 MiB whatever the vocabulary width.
     """
     _check_pair(anchor_logits, candidate_logits, mask)
     if chunk_size < 1:
@@ -140,14 +229,20 @@ def nib_position_metrics(
     # Computed on the logits' device; results and indices live on the CPU.
     rows = torch.arange(a.shape[0]) if mask is None else mask.reshape(-1).nonzero()[:, 0].cpu()
     step = max(1, min(chunk_size, _CHUNK_ELEMENTS // max(vocab, 1)))
-    out = {k: torch.full((a.shape[0],), math.nan, dtype=torch.float64) for k in _METRIC_KEYS}
-    with torch.no_grad():
+    out = torch.full((len(_METRIC_KEYS), a.shape[0]), math.nan, dtype=torch.float64)
+    scratch = _scratch(min(step, rows.numel()), a, c)
+    with torch.no_grad(), _one_cpu_thread(a.device):
+        top = _top_pairs(a, c)
         for start in range(0, rows.numel(), step):
             idx = rows[start : start + step]
-            dev_idx = idx.to(a.device)
-            for key, value in _chunk_metrics(a[dev_idx], c[dev_idx]).items():
-                out[key][idx] = value.cpu()
-    return {k: v.reshape(lead) for k, v in out.items()}
+            first, last = int(idx[0]), int(idx[-1])
+            if last - first + 1 == idx.numel():  # consecutive rows, the usual case: views
+                pick, xa, xc = slice(first, last + 1), a[first : last + 1], c[first : last + 1]
+            else:
+                pick = idx.to(a.device)
+                xa, xc = a.index_select(0, pick), c.index_select(0, pick)
+            out[:, idx] = _chunk_metrics(xa, xc, top[:, pick], scratch).cpu()
+    return {k: v.reshape(lead) for k, v in zip(_METRIC_KEYS, out)}
 
 
 def _scored(values: Tensor, mask: Tensor | None) -> Tensor:

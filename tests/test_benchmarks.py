@@ -11,7 +11,8 @@ import torch
 from abi.nib import CORE_METRICS, nib_position_metrics
 from benchmarks.common import ratio, write_section
 from benchmarks.end_to_end import _with_target
-from benchmarks.nib_evaluator import reference_metrics
+from benchmarks.nib_evaluator import measure, reference_metrics, reference_positions
+from benchmarks.release_nib import release_nib, release_positions
 from benchmarks.scaling import growth_exponent
 
 
@@ -24,6 +25,50 @@ def test_per_position_reference_equals_the_vectorised_metric():
     for name in CORE_METRICS:
         assert float(ours[name].mean()) == pytest.approx(reference[name], abs=1e-9), name
     assert 0 < reference["top5"] < 1 and reference["js"] > 0
+
+
+def _peaked(rows: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    anchor = torch.randn(rows, vocab, generator=generator) * 3
+    return anchor, anchor + torch.randn(rows, vocab, generator=generator) * 0.7
+
+
+@pytest.mark.parametrize("vocab", [300, 4096])
+def test_release_algorithm_agrees_with_the_evaluator_to_float32_precision(vocab):
+    anchor, candidate = _peaked(32, vocab, seed=vocab)
+    ours = nib_position_metrics(anchor, candidate)
+    release = release_positions(anchor.numpy(), candidate.numpy())
+    for name in ("js", "entropy_diff"):  # float32 sums and the 1e-12 clip: about 1e-6 of an entropy
+        assert release[name] == pytest.approx(ours[name].numpy(), abs=1e-5), name
+    for name in ("top1", "top5"):  # no ties in random logits: the same tokens
+        assert release[name].tolist() == ours[name].tolist(), name
+    means = release_nib(anchor.view(4, 8, vocab).numpy(), candidate.view(4, 8, vocab).numpy())
+    assert means == pytest.approx({k: float(ours[k].mean()) for k in CORE_METRICS}, abs=1e-5)
+
+
+def test_release_top5_is_the_set_overlap_of_argpartition():
+    anchor = torch.zeros(1, 30)
+    candidate = torch.zeros(1, 30)
+    anchor[0, [0, 1, 2, 3, 4]] = torch.tensor([10.0, 9, 8, 7, 6])
+    candidate[0, [2, 0, 1, 20, 21]] = torch.tensor([10.0, 9, 8, 7, 6])
+    release = release_positions(anchor.numpy(), candidate.numpy())
+    assert release["top5"].tolist() == [0.6] and release["top1"].tolist() == [0.0]
+
+
+def test_nib_benchmark_record_checks_accuracy_and_times_all_three():
+    record = measure(vocab=2048, positions=8, turns=2, device="cpu")
+    assert record["max_abs_difference"] <= 1e-6 and record["max_abs_difference_per_position"] <= 1e-6
+    assert record["release_topk_disagreements"] == {"top1": 0, "top5": 0}
+    for name in ("release", "reference", "vectorised"):
+        assert record[name]["n"] == (6 if name == "vectorised" else 2) and record[name]["median_s"] > 0
+    assert set(record["speedup_vs_release"]) == {"median", "min", "max"}
+
+
+def test_per_position_reference_means_are_the_reference_metrics():
+    anchor, candidate = (x.double().numpy() for x in _peaked(5, 200, seed=1))
+    positions = reference_positions(anchor, candidate)
+    assert positions["js"].shape == (5,)
+    assert reference_metrics(anchor, candidate) == {k: float(v.mean()) for k, v in positions.items()}
 
 
 def test_ratio_pairs_the_worst_and_best_cases():
