@@ -94,17 +94,22 @@ def test_damaged_feature_array_is_named_deleted_and_rebuilt(feature_run, name, h
     assert build().directory == entry  # and now a plain cache hit
 
 
-@pytest.mark.parametrize("damage", ["deleted", "empty", "older format without hashes"])
-def test_missing_or_unreadable_feature_metadata_is_rebuilt(feature_run, damage):
-    build, reference = feature_run
-    entry = build().directory
-    meta = entry / "meta.json"
+def _damage_metadata(meta: Path, damage: str) -> None:
+    """Delete a cache entry's metadata, empty it, or strip its hashes (an entry written before hashing)."""
     if damage == "deleted":
         meta.unlink()
     elif damage == "empty":
         meta.write_text("")
     else:
         meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "sha256"}))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "empty", "older format without hashes"])
+def test_missing_or_unreadable_feature_metadata_is_rebuilt(feature_run, damage):
+    build, reference = feature_run
+    entry = build().directory
+    meta = entry / "meta.json"
+    _damage_metadata(meta, damage)
     with pytest.warns(CacheIntegrityWarning, match=re.escape(str(entry))):
         build()
     assert _same_files(entry, reference, ["taps.npy", "final.npy"])
@@ -196,12 +201,7 @@ def test_damaged_token_stream_is_named_deleted_and_rebuilt(token_run, how):
 def test_missing_or_unreadable_token_metadata_is_rebuilt(token_run, damage):
     build, entry, reference = token_run
     meta = entry.with_suffix(".json")
-    if damage == "deleted":
-        meta.unlink()
-    elif damage == "empty":
-        meta.write_text("")
-    else:
-        meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "sha256"}))
+    _damage_metadata(meta, damage)
     with pytest.warns(CacheIntegrityWarning, match=re.escape(str(entry))):
         build()
     assert build.counted.calls == 2 and entry.read_bytes() == reference.read_bytes()
