@@ -10,6 +10,7 @@ rebuilt when damaged (:mod:`abi.cache_integrity`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ from abi.cache_integrity import (
 from abi.paths import cache_dir
 
 IGNORE_INDEX = -100
-_FORMAT = 1
+_FORMAT = 2  # 2: taps indexed like hidden_states (last one after the final norm); final = last block output
 _PROGRESS = "progress.json"
 
 
@@ -101,6 +102,16 @@ class FeatureSet:
     @property
     def key(self) -> str:
         return self.directory.name
+
+    def first(self, n_windows: int) -> FeatureSet:
+        """The first ``n_windows`` windows, sharing the cached arrays (a calibration-data dose)."""
+        if not 1 <= n_windows <= len(self):
+            raise ValueError(f"asked for the first {n_windows} of {len(self)} cached windows; "
+                             f"choose 1..{len(self)} or cache more windows.")
+        view = copy.copy(self)
+        view.windows = self.windows.select(slice(0, n_windows))
+        view._taps, view._final = self._taps[:n_windows], self._final[:n_windows]
+        return view
 
     def batch(self, index: Tensor | np.ndarray | slice) -> tuple[Tensor, Tensor, Tensor]:
         """``(taps, final, labels)`` for the chosen windows, as float32 tensors in RAM."""

@@ -150,8 +150,8 @@ def kd_calibrate(student: ABIModule, teacher_corrections: Tensor, backbone: Back
             taps, final, labels = features.batch(windows)
             taps, final, labels = taps[rows, positions], final[rows, positions], labels[rows, positions]
             with torch.no_grad():
-                teacher_logits = backbone.head(final + teacher_corrections[windows, positions], dtype=dtype)
-            student_logits = backbone.head(final + student(taps), dtype=dtype)
+                teacher_logits = backbone.logits(final, teacher_corrections[windows, positions], dtype=dtype)
+            student_logits = backbone.logits(final, student(taps), dtype=dtype)
             loss, parts = kd_loss(student_logits, teacher_logits, labels, config.temperature, config.kl_weight,
                                   config.ce_weight)
             if not torch.isfinite(loss):

@@ -106,8 +106,8 @@ def _logits_pair(candidate: Tensor, target: Tensor, context: dict[str, Any], obj
     final = _require(context, "final", objective)
     backbone = _require(context, "backbone", objective)
     with torch.no_grad():
-        anchor_logits = backbone.head(final + target)
-    return anchor_logits, backbone.head(final + candidate)
+        anchor_logits = backbone.logits(final, target)
+    return anchor_logits, backbone.logits(final, candidate)
 
 
 # -- the objectives ---------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ import numpy as np
 
 from abi.nib import CORE_METRICS, NIB_THRESHOLDS, summary_from_per_window
 from abi.paths import REPO_ROOT
+from abi.sites import DEFAULT_CORRECTION_SITE
 from abi.stats import window_bootstrap_ci
 
 SCHEMA_VERSION = 1
-REQUIRED_FIELDS = ("schema_version", "claim", "profile", "parameters", "provenance", "timings", "comparisons")
-COMPARISON_SECTIONS = ("comparisons", "official")
+REQUIRED_FIELDS = ("schema_version", "claim", "profile", "parameters", "provenance", "timings")
+COMPARISON_SECTIONS = ("comparisons", "official", "dose_response")
 COMPARISON_FIELDS = ("reference", "per_window", "nll", "summary", "ci", "pass", "verdict")
 SEAL_FIELD = "content_sha256"
 _LIBRARIES = ("torch", "transformers", "numpy", "scipy", "datasets", "abi")
@@ -56,6 +57,16 @@ def claim_deriver(claim: str, source: str = "<result>") -> Deriver:
     if claim not in claim_names():
         raise ResultFileError(f"{source}: unknown claim {claim!r}; known: {', '.join(claim_names())}.")
     return stats_module(claim).derive
+
+
+def claim_schema_version(claim: str) -> int:
+    """The schema a claim's result files follow: its stats module's ``SCHEMA_VERSION``, else the common one
+    (a claim whose result layout changed bumps its own version, so older files are refused by name)."""
+    from abi.experiments import claim_names, stats_module
+
+    if claim not in claim_names():
+        return SCHEMA_VERSION
+    return getattr(stats_module(claim), "SCHEMA_VERSION", SCHEMA_VERSION)
 
 
 def provenance() -> dict[str, Any]:
@@ -265,16 +276,21 @@ def _check_result(result: dict[str, Any], source: str) -> None:
         raise ResultFileError(f"{source}: top level must be a JSON object.")
     if missing := _missing(result, REQUIRED_FIELDS):
         raise ResultFileError(f"{source}: missing field(s) {missing}; re-run the notebook that writes it.")
-    if result["schema_version"] != SCHEMA_VERSION:
+    expected_version = claim_schema_version(result["claim"])
+    if result["schema_version"] != expected_version:
         raise ResultFileError(
-            f"{source}: schema_version {result['schema_version']!r}, expected {SCHEMA_VERSION}; re-run its notebook."
+            f"{source}: schema_version {result['schema_version']!r}, expected {expected_version}; re-run its notebook."
         )
+    if "comparisons" not in result and "settings" not in result:
+        raise ResultFileError(f"{source}: neither comparisons nor settings; re-run the notebook that writes it.")
     bootstrap = result["parameters"].get("bootstrap") or {}
     if not bootstrap:
         raise ResultFileError(f"{source}: parameters.bootstrap (n_resamples, seed) is missing.")
-    for section in COMPARISON_SECTIONS:
-        for name, comparison in result.get(section, {}).items():
-            _check_comparison(comparison, bootstrap, f"{source}: {section}.{name}")
+    scopes = [("", result)] + [(f"settings.{name}.", setting) for name, setting in result.get("settings", {}).items()]
+    for prefix, scope in scopes:
+        for section in COMPARISON_SECTIONS:
+            for name, comparison in scope.get(section, {}).items():
+                _check_comparison(comparison, bootstrap, f"{source}: {prefix}{section}.{name}")
     for key, expected in claim_deriver(result["claim"], source)(result).items():
         if key not in result:
             raise ResultFileError(f"{source}: missing derived section {key!r}; re-run its notebook.")
@@ -294,6 +310,8 @@ def _check_comparison(comparison: dict[str, Any], bootstrap: dict[str, int], whe
     lengths = {key: len(values) for key, values in per_window.items()}
     if len(set(lengths.values())) != 1 or len(comparison["nll"]["sum"]) != lengths["n_positions"]:
         raise ResultFileError(f"{where}.per_window: arrays of unequal length {lengths}; the file is truncated.")
+    if "effect_per_window" in comparison:
+        _check_effect_positions(comparison["effect_per_window"], per_window, where)
     derived = derive_comparison(per_window, comparison["nll"], bootstrap)
     for field, expected in derived.items():
         if not _close(_finite_json(expected), comparison[field]):
@@ -303,14 +321,36 @@ def _check_comparison(comparison: dict[str, Any], bootstrap: dict[str, int], whe
             )
 
 
+def _check_effect_positions(effect: dict[str, Any], per_window: dict[str, Any], where: str) -> None:
+    """Effect-position values (claim 1): one entry per window, each window's count within its scored
+    positions, means of zero where a window has no effect position (weight 0 in every summary, so a
+    value there would otherwise escape re-derivation)."""
+    n_windows = len(per_window["n_positions"])
+    if missing := _missing(effect, (*CORE_METRICS, "n_positions")):
+        raise ResultFileError(f"{where}.effect_per_window: missing metric(s) {missing}.")
+    lengths = {key: len(values) for key, values in effect.items()}
+    if set(lengths.values()) != {n_windows}:
+        raise ResultFileError(f"{where}.effect_per_window: arrays of lengths {lengths}, expected {n_windows} "
+                              "(one per window); the file is truncated or edited.")
+    for window, (count, total) in enumerate(zip(effect["n_positions"], per_window["n_positions"])):
+        empty_but_valued = count == 0 and any(effect[key][window] != 0 for key in CORE_METRICS)
+        if not 0 <= count <= total or empty_but_valued:
+            raise ResultFileError(f"{where}.effect_per_window: window {window} has {count} effect positions of "
+                                  f"{total} scored (or values without positions); the file was edited: re-run its "
+                                  "notebook.")
+
+
 # -- pieces every claim's result file shares ----------------------------------------------------------
 def result_document(claim: str, params: dict[str, Any], **sections: Any) -> dict[str, Any]:
     """A result file's content: the common header, then the claim's own sections in the given order.
 
-    The header is the schema version, the claim, the profile, every parameter and the provenance.
+    The header is the schema version, the claim, the profile, every parameter and the provenance. The
+    parameters record ``correction_site`` (the release's site unless the claim sets another; claim 1's
+    settings each record their own).
     """
-    header = {"schema_version": SCHEMA_VERSION, "claim": claim, "profile": params["profile"], "parameters": params,
-              "provenance": provenance()}
+    parameters = {**params, "correction_site": params.get("correction_site", DEFAULT_CORRECTION_SITE)}
+    header = {"schema_version": claim_schema_version(claim), "claim": claim, "profile": params["profile"],
+              "parameters": parameters, "provenance": provenance()}
     return {**header, **sections}
 
 

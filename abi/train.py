@@ -40,6 +40,7 @@ class TrainLog:
     best_step: int | None = None
     best_rolling_loss: float | None = None
     evaluations: list[dict] = field(default_factory=list)
+    best_val_loss: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +49,7 @@ class TrainLog:
             "best_step": self.best_step,
             "best_rolling_loss": self.best_rolling_loss,
             "evaluations": self.evaluations,
+            **({"best_val_loss": self.best_val_loss} if self.best_val_loss is not None else {}),
         }
 
 
@@ -66,8 +68,7 @@ def module_logits(backbone: Backbone, module: nn.Module | None, taps: Tensor, fi
                   head_dtype: torch.dtype | None = None) -> Tensor:
     """Logits of backbone + module (``module=None``: the bare backbone); ``head_dtype``: see
     :meth:`abi.backbones.Backbone.head` (training signals only)."""
-    hidden = final if module is None else final + module(taps)
-    return backbone.head(hidden, dtype=head_dtype)
+    return backbone.logits(final, None if module is None else module(taps), dtype=head_dtype)
 
 
 def domain_loss(backbone: Backbone, module: ABIModule, taps: Tensor, final: Tensor, labels: Tensor,
@@ -75,6 +76,40 @@ def domain_loss(backbone: Backbone, module: ABIModule, taps: Tensor, final: Tens
     """Next-token cross-entropy of backbone + module on domain text."""
     logits = module_logits(backbone, module, taps, final, head_dtype)
     return nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """Stop the domain stage when validation loss plateaus: evaluate every ``every`` steps, stop after
+    ``patience`` evaluations without an improvement of more than ``min_delta`` (relative), and
+    restore the best evaluated state. Recorded in every result file with the step it stopped at."""
+
+    every: int = 50
+    patience: int = 3
+    min_delta: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.patience < 1 or not self.min_delta >= 0:
+            raise ValueError(f"PlateauRule needs every >= 1, patience >= 1, min_delta >= 0; got {self}.")
+
+    def to_dict(self) -> dict:
+        return {"every": self.every, "patience": self.patience, "min_delta": self.min_delta,
+                "rule": "stop after `patience` validation evaluations without a relative improvement above "
+                        "`min_delta`; restore the best evaluated state"}
+
+
+@torch.no_grad()
+def mean_domain_loss(backbone: Backbone, module: nn.Module | None, features: FeatureSet, batch_windows: int = 8,
+                     head_dtype: torch.dtype | None = None) -> float:
+    """Token-mean cross-entropy of backbone + module over every window of ``features``."""
+    total, count = 0.0, 0
+    for _, taps, final, labels in features.iter_batches(batch_windows):
+        logits = module_logits(backbone, module, taps, final, head_dtype)
+        losses = nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                             reduction="sum")
+        total += float(losses)
+        count += int((labels != IGNORE_INDEX).sum())
+    return total / max(count, 1)
 
 
 def train_domain_stage(
@@ -89,18 +124,42 @@ def train_domain_stage(
     grad_clip: float | None = 1.0,
     desc: str = "domain stage",
     head_dtype: torch.dtype | None = None,
+    validation: FeatureSet | None = None,
+    plateau: PlateauRule | None = None,
 ) -> TrainLog:
-    """Teach the module the domain: AdamW on cross-entropy (seed: LR 3e-4, wd 0.01, batch 2).
+    """Teach the module the domain: AdamW on cross-entropy (release: LR 3e-4, wd 0.01, batch 2).
 
+    ``steps`` is the most steps; with ``validation`` and ``plateau`` the stage stops early when the
+    validation loss plateaus and the best evaluated state is restored (``log.best_step``).
     ``head_dtype=torch.bfloat16`` runs the frozen vocabulary projection in bf16 (about 5x faster
     on CPUs with bf16 instructions; the module's own weights and gradients stay float32).
     """
     if steps < 1:
         raise ValueError(f"the domain stage needs at least 1 step, got {steps}.")
+    if (validation is None) != (plateau is None):
+        raise ValueError("the plateau rule needs validation features, and validation features need a rule.")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     log = TrainLog()
+    best_state, waited = None, 0
+
+    def evaluate(step: int) -> bool:
+        """Record the validation loss after ``step`` steps; True when the plateau rule says stop."""
+        nonlocal best_state, waited
+        module.eval()
+        loss = mean_domain_loss(backbone, module, validation)  # float32, whatever the training head
+        module.train()
+        log.evaluations.append({"step": step, "val_loss": loss})
+        if log.best_val_loss is None or loss < log.best_val_loss * (1 - plateau.min_delta):
+            log.best_val_loss, log.best_step, waited = loss, step, 0
+            best_state = copy.deepcopy(module.state_dict())
+            return False
+        waited += 1
+        return waited >= plateau.patience
+
     module.train()
+    if plateau:
+        evaluate(0)
     for step in tqdm(range(steps), desc=desc, unit="step"):
         taps, final, labels = features.batch(_sample_windows(generator, len(features), batch_windows))
         loss = domain_loss(backbone, module, taps, final, labels, head_dtype)
@@ -112,6 +171,11 @@ def train_domain_stage(
         optimizer.step()
         log.losses.append(loss.item())
         log.lrs.append(lr)
+        done = step + 1
+        if plateau and (done % plateau.every == 0 or done == steps) and evaluate(done):
+            break
+    if best_state is not None:
+        module.load_state_dict(best_state)
     module.eval()
     return log
 

@@ -44,7 +44,7 @@ from abi.module import ABIModule
 from abi.paths import cache_dir
 from abi.shared_text import SentenceMismatchError, TokenizedSentences
 
-_POOLED_CACHE_FORMAT = 1
+_POOLED_CACHE_FORMAT = 2  # 2: last tap after the final norm; pooled final state at the correction site
 
 
 class MigrationError(ValueError):
@@ -106,9 +106,10 @@ def _compute_pooled(backbone: Backbone, sentences: TokenizedSentences, taps: tup
         else:
             out = backbone.tap_features(_padded([c + s for c, s in zip(contexts, sentence_ids)], pad), taps)
             spans = [(len(c) - 1, len(c) - 1 + len(s)) for c, s in zip(contexts, sentence_ids)]
+        site_states = backbone.correction_space(out.final)
         for row, (i, (lo, hi)) in enumerate(zip(group, spans)):
             pooled_taps[i] = out.taps[row, lo:hi].double().mean(dim=0).numpy()
-            pooled_final[i] = out.final[row, lo:hi].double().mean(dim=0).numpy()
+            pooled_final[i] = site_states[row, lo:hi].double().mean(dim=0).numpy()
     return pooled_taps, pooled_final
 
 
@@ -123,6 +124,7 @@ def pooled_states(backbone: Backbone, sentences: TokenizedSentences, taps: Seque
     if sentences.model != backbone.name:
         raise SentenceMismatchError(f"sentences tokenized for {sentences.model!r} given to {backbone.name!r}.")
     key = hashlib.sha256(json.dumps({"format": _POOLED_CACHE_FORMAT, "backbone": backbone.fingerprint(),
+                                     "correction_site": backbone.correction_site,
                                      "taps": list(taps), "bos_prefix": backbone.bos_prefix,
                                      "ids": sentences.ids_sha256}).encode()).hexdigest()[:24]
     path = (root or cache_dir() / "pooled") / backbone.name.replace("/", "_") / f"{key}.npz"

@@ -61,10 +61,12 @@ def test_head_of_final_hidden_equals_model_logits(name, random_ids):
     assert out.final.shape == (2, 9, 64)
     assert out.taps.dtype == torch.float32 and out.final.dtype == torch.float32
     with torch.no_grad():
-        head_logits = backbone.head(out.final)
-    torch.testing.assert_close(head_logits, logits, atol=1e-5, rtol=0)
-    # The head is not the identity on the logits' scale: skipping it must give something else.
-    assert not torch.allclose(backbone.model.get_output_embeddings()(out.final), logits, atol=1e-3)
+        head_logits = backbone.logits(out.final)
+        torch.testing.assert_close(head_logits, logits, atol=1e-5, rtol=0)
+        # The head reads the final state's norm: skipping the norm must give something else.
+        assert not torch.allclose(backbone.head(out.final), logits, atol=1e-3)
+        # The last tap is that normalised state, so the LM head alone reproduces the logits from it.
+        torch.testing.assert_close(backbone.head(out.taps[..., 1, :]), logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -74,31 +76,48 @@ def test_tap_i_is_the_output_of_block_i(name, random_ids):
     out = backbone.tap_features(ids, [1, 2, 3, 4], encoder_ids=enc)
     hidden = _hidden_states(backbone, ids, enc)
     assert len(hidden) == backbone.n_layers + 1  # embeddings, then one entry per block
-    # transformers 5: entries 1..n-1 are block outputs; the last entry is post-final-norm.
-    for i in range(1, backbone.n_layers):
-        torch.testing.assert_close(out.taps[..., i - 1, :], hidden[i], atol=1e-6, rtol=0)
+    # Taps are indexed like hidden_states: entries 1..n-1 are block outputs, the last one is
+    # post-final-norm (what the release's last tap reads).
+    for i in range(1, backbone.n_layers + 1):
+        torch.testing.assert_close(out.taps[..., i - 1, :], hidden[i], atol=1e-5, rtol=0)
     # Consecutive taps really differ (not one layer captured four times).
     assert not torch.allclose(out.taps[..., 0, :], out.taps[..., 1, :])
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-def test_decoder_only_final_is_last_block_output_before_final_norm(name, random_ids):
+@pytest.mark.parametrize("name", TINY)
+def test_final_is_the_last_block_output_before_the_final_norm(name, random_ids):
     backbone = load_backbone(name)
-    ids, enc = _inputs(backbone, random_ids)
-    out = backbone.tap_features(ids, [4])
-    hidden = _hidden_states(backbone, ids, enc)
-    torch.testing.assert_close(out.final, out.taps[..., 0, :], atol=0, rtol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(backbone._final_norm()(out.final), hidden[-1], atol=1e-5, rtol=0)
-
-
-def test_t5_final_is_the_normalised_decoder_output(random_ids):
-    backbone = load_backbone("tiny-t5")
     ids, enc = _inputs(backbone, random_ids)
     out = backbone.tap_features(ids, [4], encoder_ids=enc)
     hidden = _hidden_states(backbone, ids, enc)
-    torch.testing.assert_close(out.final, hidden[-1], atol=1e-6, rtol=0)
-    assert not torch.allclose(out.final, out.taps[..., 0, :], atol=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone._final_norm()(out.final), hidden[-1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.taps[..., 0, :], hidden[-1], atol=1e-5, rtol=0)
+    assert not torch.allclose(out.final, hidden[-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_correction_sites_add_the_correction_where_they_say(name, random_ids):
+    backbone = load_backbone(name)
+    assert backbone.correction_site == "after_final_norm"  # the release's site is the default
+    before = load_backbone(name, "before_final_norm")
+    assert before.model is backbone.model and before.correction_site == "before_final_norm"
+    assert load_backbone(name) is backbone  # the default-site instance stays the shared one
+    ids, enc = _inputs(backbone, random_ids)
+    out = backbone.tap_features(ids, [4], encoder_ids=enc)
+    correction = torch.randn_like(out.final)
+    norm = backbone._final_norm()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.logits(out.final, correction), backbone.head(norm(out.final) + correction))
+        torch.testing.assert_close(before.logits(out.final, correction), backbone.head(norm(out.final + correction)))
+        torch.testing.assert_close(before.logits(out.final), backbone.logits(out.final))  # bare model: same logits
+        torch.testing.assert_close(backbone.correction_space(out.final), norm(out.final))
+        torch.testing.assert_close(before.correction_space(out.final), out.final)
+
+
+def test_unknown_correction_site_names_the_valid_ones():
+    with pytest.raises(ValueError, match="after_final_norm, before_final_norm"):
+        load_backbone("tiny-llama", "after_head")
 
 
 def test_t5_needs_encoder_ids(random_ids):
@@ -241,11 +260,12 @@ def test_smollm2_head_taps_and_frozen():
     out = backbone.tap_features(ids, [1, 15, 30])
     logits = backbone.model_logits(ids)
     with torch.no_grad():
-        torch.testing.assert_close(backbone.head(out.final), logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(backbone.logits(out.final), logits, atol=1e-5, rtol=0)
         hidden = backbone.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+        torch.testing.assert_close(backbone.head(out.taps[..., 2, :]), logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.taps[..., 0, :], hidden[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.taps[..., 1, :], hidden[15], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.final, out.taps[..., 2, :], atol=0, rtol=0)
+    torch.testing.assert_close(out.taps[..., 2, :], hidden[30], atol=1e-4, rtol=0)  # after the final norm
     # A real pretrained model: predicts the newline at the end of "return a + b".
     assert logits[0, -2].argmax().item() == ids[0, -1].item()
     assert backbone.fingerprint(recompute=True) == backbone.fingerprint(recompute=True)
@@ -256,7 +276,7 @@ def _head_matches_model(backbone, ids, enc=None) -> torch.Tensor:
     out = backbone.tap_features(ids, taps, encoder_ids=enc)
     logits = backbone.model_logits(ids, encoder_ids=enc)
     with torch.no_grad():
-        torch.testing.assert_close(backbone.head(out.final), logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(backbone.logits(out.final), logits, atol=1e-4, rtol=0)
     return logits
 
 

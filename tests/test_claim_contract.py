@@ -196,7 +196,7 @@ def test_summary_states_each_chapters_verdict() -> None:
         if claim in CLAIM_MODULES and (results_dir / f"{claim}.json").is_file():
             stats = importlib.import_module(f"abi.experiments.{claim}_stats")
             expected.append(stats.claim_verdict(load_result(results_dir / f"{claim}.json")))
-    verdicts = summary_table(results_dir).groupby("claim", sort=False)["verdict"]
+    verdicts = summary_table(results_dir).groupby("claim", sort=False)["claim verdict"]
     assert (verdicts.nunique() == 1).all()  # one verdict per claim
     assert [verdict for verdict in verdicts.first() if verdict != "not testable here"] == expected
 

@@ -23,15 +23,15 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class ScaledHead:
-    """A stand-in backbone whose head is ``scale * h`` (logits = hidden, scaled): known values by hand."""
+    """A stand-in backbone whose logits are ``scale * (final + correction)``: known values by hand."""
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale
         self.calls = 0
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, final: torch.Tensor, correction: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
-        return self.scale * hidden
+        return self.scale * (final if correction is None else final + correction)
 
 
 class NoBackbone:
@@ -170,8 +170,8 @@ def test_logit_objectives_work_through_a_real_frozen_head(tiny_llama, tensors):
     candidate = (target + 0.5 * torch.randn(2, 3, tiny_llama.d_model, generator=g)).requires_grad_(True)
     ctx = _context(final, tiny_llama)
     kl = get_objective("kl_logits")(candidate, target, **ctx)
-    log_p = torch.log_softmax(tiny_llama.head(final + target), -1)
-    log_q = torch.log_softmax(tiny_llama.head(final + candidate), -1)
+    log_p = torch.log_softmax(tiny_llama.logits(final, target), -1)
+    log_q = torch.log_softmax(tiny_llama.logits(final, candidate), -1)
     assert kl.item() == pytest.approx((log_p.exp() * (log_p - log_q)).sum(-1).mean().item(), rel=1e-4)
     kl.backward()
     assert candidate.grad.abs().sum() > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from abi.results import (
 BOOT = {"n_resamples": 200, "seed": 0}
 
 
-def _comparison(rng: np.random.Generator, n_windows: int = 12, level: float = 0.9) -> dict:
+def _comparison(rng: np.random.Generator, n_windows: int = 12, level: float = 0.9, effect: bool = False) -> dict:
     per_window = {
         "js": rng.uniform(0.001, 0.02, n_windows).tolist(),
         "top1": rng.uniform(level - 0.1, level, n_windows).tolist(),
@@ -32,27 +34,55 @@ def _comparison(rng: np.random.Generator, n_windows: int = 12, level: float = 0.
         "n_positions": rng.integers(50, 100, n_windows).tolist(),
     }
     nll = {"sum": rng.uniform(100, 200, n_windows).tolist(), "n_tokens": per_window["n_positions"]}
-    return {"reference": "anchor", "per_window": per_window, "nll": nll, **derive_comparison(per_window, nll, BOOT)}
+    comparison = {"reference": "anchor", "per_window": per_window, "nll": nll,
+                  **derive_comparison(per_window, nll, BOOT)}
+    if effect:  # effect positions: a subset of each window's positions, none at all in the first window
+        counts = [0] + rng.integers(1, 20, n_windows - 1).tolist()
+        comparison["effect_per_window"] = {
+            **{k: [0.0 if n == 0 else v * 0.9 for v, n in zip(values, counts)]
+               for k, values in per_window.items() if k != "n_positions"},
+            "n_positions": counts,
+        }
+    return comparison
+
+
+def _setting(rng: np.random.Generator, seeds: tuple[int, ...], site: str, doses: tuple[int, ...] = ()) -> dict:
+    names = ["no_module", "ceiling"] + [f"{g}/{s}" for s in seeds for g in ("candidate", "uncalibrated",
+                                                                           "random_calibrated")]
+    comparisons = {n: _comparison(rng, level=0.95 if n.startswith("candidate") else 0.5, effect=True) for n in names}
+    official = {n: _comparison(rng) for n in names}
+    dose_names = [f"{arm}/{d}/{s}" for d in doses for s in seeds for arm in ("trained", "untrained")]
+    dose_names += [f"uncalibrated/{s}" for s in seeds] if doses else []
+    dose = {n: _comparison(rng, n_windows=4) for n in dose_names}
+    anchor_nll = {split: {"sum": rng.uniform(20, 40, 12).tolist(), "n_tokens": [75] * 12}
+                  for split in ("held_out", "official")}  # perplexity about 1.6, the bare backbone's about 7
+    return {"domain": "python", "correction_site": site, "candidate_seeds": list(seeds), "data": {},
+            "anchor_nll": anchor_nll, "comparisons": comparisons, "official": official, "dose_response": dose,
+            "diagnostics": {}, "training": {}}
 
 
 def synthetic_core_nib(seeds=(1, 2)) -> dict:
-    """A small but schema-complete core_nib result, with derived sections computed the real way."""
-    from abi.experiments.core_nib import derive
+    """A small but schema-complete core_nib result (two settings, one at the pre-norm site), with
+    derived sections computed the real way; a fresh copy, safe to edit."""
+    return copy.deepcopy(_synthetic_core_nib(tuple(seeds)))
+
+
+@functools.cache
+def _synthetic_core_nib(seeds: tuple[int, ...]) -> dict:
+    from abi.experiments.core_nib_stats import SCHEMA_VERSION, derive
 
     rng = np.random.default_rng(0)
-    names = ["no_module", "ceiling"] + [f"{g}/{s}" for s in seeds for g in ("candidate", "uncalibrated",
-                                                                           "random_calibrated")]
-    comparisons = {n: _comparison(rng, level=0.95 if n.startswith("candidate") else 0.5) for n in names}
-    official = {n: _comparison(rng) for n in names}
     result = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "claim": "core_nib",
         "profile": "smoke",
-        "parameters": {"candidate_seeds": list(seeds), "ni_margin": 0.02, "bootstrap": BOOT},
+        "parameters": {"candidate_seeds": list(seeds), "dose_windows": [2], "ni_margin": 0.02, "bootstrap": BOOT},
         "provenance": {},
         "timings": {},
-        "comparisons": comparisons,
-        "official": official,
+        "settings": {
+            "python": _setting(rng, tuple(seeds), "after_final_norm", doses=(2,)),
+            "python@before_final_norm": _setting(rng, tuple(seeds[:1]), "before_final_norm"),
+        },
     }
     result.update(derive(result))
     return result
@@ -61,22 +91,29 @@ def synthetic_core_nib(seeds=(1, 2)) -> dict:
 def test_round_trip_verifies(tmp_path: Path) -> None:
     path = write_result(tmp_path / "core_nib.json", synthetic_core_nib())
     loaded = load_result(path)
-    assert loaded["verdicts"]["held_out_pass_per_seed"] == {"1": "PASS", "2": "PASS"}
+    stats = loaded["setting_stats"]
+    assert stats["python"]["verdicts"]["held_out_pass_per_seed"] == {"1": "PASS", "2": "PASS"}
+    assert stats["python@before_final_norm"]["verdicts"]["held_out_pass_per_seed"] == {"1": "PASS"}
+    assert loaded["regime_gates"]["python"]["testable"] is True
+    assert loaded["row_verdicts"] == {"python": "reproduced", "python@before_final_norm": "reproduced"}
+    assert loaded["verdict"] == "reproduced"
+    assert set(stats["python"]["dose_response"]["doses"]) == {"2"} and stats["python@before_final_norm"][
+        "dose_response"] == {}
 
 
 def test_tampered_summary_is_named(tmp_path: Path) -> None:
     path = write_result(tmp_path / "r.json", synthetic_core_nib())
     data = json.loads(path.read_text())
-    data["comparisons"]["candidate/1"]["summary"]["top5"] += 0.01
+    data["settings"]["python"]["comparisons"]["candidate/1"]["summary"]["top5"] += 0.01
     path.write_text(json.dumps(data))
-    with pytest.raises(ResultFileError, match=r"comparisons\.candidate/1\.summary"):
+    with pytest.raises(ResultFileError, match=r"settings\.python\.comparisons\.candidate/1\.summary"):
         load_result(path)
 
 
 def test_tampered_raw_value_breaks_derived_sections(tmp_path: Path) -> None:
     path = write_result(tmp_path / "r.json", synthetic_core_nib())
     data = json.loads(path.read_text())
-    data["comparisons"]["ceiling"]["per_window"]["top5"][0] = 0.0
+    data["settings"]["python"]["comparisons"]["ceiling"]["per_window"]["top5"][0] = 0.0
     path.write_text(json.dumps(data))
     with pytest.raises(ResultFileError, match="ceiling"):
         load_result(path)
@@ -99,7 +136,7 @@ def test_missing_field_is_named(tmp_path: Path) -> None:
 
 def test_unequal_arrays_are_rejected(tmp_path: Path) -> None:
     result = synthetic_core_nib()
-    result["comparisons"]["ceiling"]["per_window"]["js"].pop()
+    result["settings"]["python"]["comparisons"]["ceiling"]["per_window"]["js"].pop()
     with pytest.raises(ResultFileError, match="unequal length"):
         write_result(tmp_path / "r.json", result)
 
@@ -174,6 +211,67 @@ def test_nan_in_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_removed_section_is_a_result_error_not_a_key_error(tmp_path: Path) -> None:
     result = synthetic_core_nib()
-    del result["comparisons"]["ceiling"]
+    del result["settings"]["python"]["comparisons"]["ceiling"]
     with pytest.raises(ResultFileError, match="malformed.*KeyError"):
+        check_result(result, source="r.json")
+
+
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [("official", "candidate/1"), ("dose_response", "trained/2/2"), ("dose_response", "uncalibrated/1")],
+)
+def test_comparisons_nested_in_a_setting_are_checked(section: str, name: str) -> None:
+    result = synthetic_core_nib()
+    result["settings"]["python"][section][name]["summary"]["top5"] += 0.01
+    with pytest.raises(ResultFileError, match=rf"settings\.python\.{section}\.{name}\.summary"):
+        check_result(result, source="r.json")
+
+
+def test_tampered_effect_position_value_breaks_the_derived_sections() -> None:
+    result = synthetic_core_nib()
+    effect = result["settings"]["python@before_final_norm"]["comparisons"]["candidate/1"]["effect_per_window"]
+    assert effect["n_positions"][1] > 0
+    effect["top5"][1] += 0.05
+    with pytest.raises(ResultFileError, match="setting_stats does not match"):
+        check_result(result, source="r.json")
+
+
+def test_core_nib_result_of_the_old_schema_is_refused() -> None:
+    result = synthetic_core_nib()
+    result["schema_version"] = 1
+    with pytest.raises(ResultFileError, match="schema_version 1, expected 2"):
+        check_result(result, source="r.json")
+
+
+def test_result_with_neither_comparisons_nor_settings_is_refused() -> None:
+    result = synthetic_core_nib()
+    del result["settings"]
+    with pytest.raises(ResultFileError, match="neither comparisons nor settings"):
+        check_result(result, source="r.json")
+
+
+def test_edit_of_an_effect_value_is_caught(tmp_path: Path) -> None:
+    # Such a window has weight 0 in every effect-position mean: the consistency check (and the seal) catch it.
+    path = write_result(tmp_path / "r.json", synthetic_core_nib())
+    data = json.loads(path.read_text())
+    effect = data["settings"]["python"]["comparisons"]["ceiling"]["effect_per_window"]
+    assert effect["n_positions"][0] == 0
+    effect["top5"][0] = 0.5
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultFileError, match="edited after it was written|effect positions"):
+        load_result(path)
+
+
+def test_effect_arrays_must_cover_every_window_and_stay_within_its_positions() -> None:
+    result = synthetic_core_nib()
+    effect = result["settings"]["python"]["comparisons"]["candidate/1"]["effect_per_window"]
+    for key in effect:
+        effect[key] = effect[key][1:]  # one window dropped
+    with pytest.raises(ResultFileError, match="effect_per_window: arrays of lengths"):
+        check_result(result, source="r.json")
+    result = synthetic_core_nib()
+    effect = result["settings"]["python"]["comparisons"]["ceiling"]["effect_per_window"]
+    assert effect["n_positions"][0] == 0
+    effect["top5"][0] = 123.0  # a value where the window has no effect position
+    with pytest.raises(ResultFileError, match="window 0 has 0 effect positions"):
         check_result(result, source="r.json")

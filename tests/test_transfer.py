@@ -243,5 +243,5 @@ def test_bos_prefix_is_prepended_and_dropped(tiny_llama, random_ids) -> None:
     reference = tiny_llama.tap_features(torch.cat([bos, ids], dim=1), [2, 4])
     assert out.final.shape == (2, 12, 64)
     torch.testing.assert_close(out.taps, reference.taps[:, 1:])
-    torch.testing.assert_close(with_bos.head(out.final), with_bos.model_logits(ids), atol=1e-5, rtol=0)
+    torch.testing.assert_close(with_bos.logits(out.final), with_bos.model_logits(ids), atol=1e-5, rtol=0)
     assert not torch.allclose(out.final, tiny_llama.tap_features(ids, [4]).final)

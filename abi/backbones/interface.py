@@ -3,22 +3,33 @@ model it sits on.
 
 Conventions (the same for every architecture):
 
-* tap ``i`` (1-based) is the output of transformer block ``i`` of the stack that predicts the
-  next token (decoder-only: the model's layers; T5: the decoder's blocks);
+* taps are indexed like Hugging Face ``output_hidden_states``: tap ``i`` (1-based) of the stack
+  that predicts the next token (decoder-only: the model's layers; T5: the decoder's blocks) is the
+  output of block ``i``, except the last tap ``L``, which is the state *after* the final norm
+  (GPT-2 ``ln_f``, Llama/Gemma ``norm``, T5 ``final_layer_norm``), as the model's own
+  ``hidden_states[L]`` is and as the release reads it;
 * a model registered with ``bos_prefix`` (Gemma, which degrades badly without it) gets its BOS
   token prepended to every window of a decoder-only run, and that position is dropped from every
   output: windows cut from the middle of a token stream keep their length and meaning;
-* the *final hidden state* is what the model feeds into its output step, and :meth:`Backbone.head`
-  is that output step. Llama/Gemma/GPT-2: final hidden = output of the last block, head = final
-  norm + LM head (+ Gemma's logit soft-cap). T5: final hidden = the decoder's normalised output,
-  head = ``d_model**-0.5`` scaling (tied embeddings) + LM head, as in the release.
+* the cached *final state* (``TapOutput.final``) is the output of the last block, before the final
+  norm, for every family; :meth:`Backbone.logits` turns it (plus an optional ABI correction) into
+  logits.
 
-The ABI correction is added to the final hidden state, so ``head(final + correction)`` is the
-module's logits. A test checks that ``head(final)`` reproduces the model's own logits.
+Where the correction is added is the backbone's ``correction_site``:
+
+* ``"after_final_norm"`` (the release, the default): ``logits = head(norm(final) + correction)``,
+  the correction added to the state the LM head reads (the model's ``last_hidden_state``);
+* ``"before_final_norm"`` (this project's first site, kept as an arm of claim 1):
+  ``logits = head(norm(final + correction))``; the pre-norm state is about 20x larger, so the
+  same correction moves the logits far less.
+
+``head`` is the LM head (T5: after the ``d_model**-0.5`` scaling of its tied embeddings; Gemma:
+then its logit soft-cap). A test checks that ``logits(final)`` reproduces the model's own logits.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +41,10 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from abi.backbones.registry import BackboneSpec
+from abi.sites import CORRECTION_SITES, DEFAULT_CORRECTION_SITE, check_correction_site
+
+__all__ = ["CORRECTION_SITES", "DEFAULT_CORRECTION_SITE", "Backbone", "TapIndexError", "TapOutput",
+           "check_correction_site"]
 
 
 class TapIndexError(ValueError):
@@ -38,7 +53,8 @@ class TapIndexError(ValueError):
 
 @dataclass
 class TapOutput:
-    """Hidden states of one batch: taps ``[B, T, K, d]`` and final hidden ``[B, T, d]``."""
+    """Hidden states of one batch: taps ``[B, T, K, d]`` and the last block's output ``[B, T, d]``
+    (before the final norm, whatever the correction site)."""
 
     taps: Tensor
     final: Tensor
@@ -51,8 +67,10 @@ def _block_output(output: Any) -> Tensor:
 class Backbone:
     """A frozen language model with tap access and its own output head."""
 
-    def __init__(self, spec: BackboneSpec, model: PreTrainedModel, tokenizer: Any, identity: dict[str, Any]):
+    def __init__(self, spec: BackboneSpec, model: PreTrainedModel, tokenizer: Any, identity: dict[str, Any],
+                 correction_site: str = DEFAULT_CORRECTION_SITE):
         self.spec = spec
+        self.correction_site = check_correction_site(correction_site)
         self.model = model.eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
@@ -76,6 +94,12 @@ class Backbone:
     def name(self) -> str:
         return self.spec.name
 
+    def at_site(self, correction_site: str) -> Backbone:
+        """The same frozen model (shared, not copied) with the correction added at another site."""
+        view = copy.copy(self)
+        view.correction_site = check_correction_site(correction_site)
+        return view
+
     @property
     def pad_token_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -90,15 +114,10 @@ class Backbone:
             return model.transformer.h
         return model.model.layers
 
-    def _final_source(self) -> nn.Module:
-        """The module whose output is the final hidden state (see module docstring)."""
+    def _final_norm(self) -> nn.Module:
+        """The norm between the last block and the LM head (T5: the decoder's ``final_layer_norm``)."""
         if self.spec.family == "t5":
             return self.model.decoder.final_layer_norm
-        return self._blocks()[-1]
-
-    def _final_norm(self) -> nn.Module | None:
-        if self.spec.family == "t5":
-            return None
         if self.spec.family == "gpt2":
             return self.model.transformer.ln_f
         return self.model.model.norm
@@ -120,21 +139,18 @@ class Backbone:
     # -- forward passes ----------------------------------------------------------------------
     @contextmanager
     def capture_taps(self, taps: tuple[int, ...]) -> Iterator[dict[str, Tensor]]:
-        """While open, every forward pass leaves the outputs of the blocks ``taps`` in the yielded
-        dict (``tap<N>``): the tap features, and the protected update's reference states."""
+        """While open, every forward pass leaves the tap states (``tap<N>``, indexed like the model's
+        ``hidden_states``: the last one after the final norm) and the last block's output (``final``)
+        in the yielded dict: the tap features, and the protected update's reference states."""
         captured: dict[str, Tensor] = {}
         blocks = self._blocks()
-        handles = [
-            blocks[t - 1].register_forward_hook(
-                lambda _m, _i, out, key=f"tap{t}": captured.__setitem__(key, _block_output(out))
-            )
-            for t in taps
-        ]
-        handles.append(
-            self._final_source().register_forward_hook(
-                lambda _m, _i, out: captured.__setitem__("final", _block_output(out))
-            )
-        )
+
+        def keep(key: str):
+            return lambda _m, _i, out: captured.__setitem__(key, _block_output(out))
+
+        handles = [(self._final_norm() if t == self.n_layers else blocks[t - 1]).register_forward_hook(keep(f"tap{t}"))
+                   for t in taps]
+        handles.append(blocks[-1].register_forward_hook(keep("final")))
         try:
             yield captured
         finally:
@@ -174,8 +190,29 @@ class Backbone:
         stacked = torch.stack([captured[f"tap{t}"][:, first:] for t in taps], dim=-2)
         return TapOutput(taps=stacked.float(), final=captured["final"][:, first:].float())
 
-    def head(self, final_hidden: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """Frozen output step: whatever the model applies between its final hidden state and logits.
+    def correction_space(self, final: Tensor) -> Tensor:
+        """The state a correction is added to, from the last block's output: ``norm(final)`` at the
+        release's site, ``final`` itself before the norm (what Procrustes aligns ``proj_out`` with)."""
+        return self._final_norm()(final) if self.correction_site == "after_final_norm" else final
+
+    def logits(self, final: Tensor, correction: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Logits of the frozen model with ``correction`` added at its correction site.
+
+        ``final`` is the last block's output (:class:`TapOutput`); ``correction=None`` gives the bare
+        model's own logits. ``dtype``: see :meth:`head`.
+        """
+        norm = self._final_norm()
+        if correction is None:
+            hidden = norm(final)
+        elif self.correction_site == "after_final_norm":
+            hidden = norm(final) + correction
+        else:
+            hidden = norm(final + correction)
+        return self.head(hidden, dtype=dtype)
+
+    def head(self, hidden: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Frozen output step from the state after the final norm: T5's ``d_model**-0.5`` scaling, the
+        LM head, Gemma's logit soft-cap.
 
         ``dtype`` (e.g. ``torch.bfloat16``) runs only the vocabulary projection in that precision,
         with a copy of the output weights made once and kept (casting a 262,144 x 640 matrix at
@@ -183,8 +220,6 @@ class Backbone:
         Meant for training signals on CPUs with fast bf16 matrix products. Evaluation keeps the
         default (``None``: the model's own float32 weights).
         """
-        norm = self._final_norm()
-        hidden = norm(final_hidden) if norm is not None else final_hidden
         if self.is_encoder_decoder and self.model.config.tie_word_embeddings:
             hidden = hidden * (self.d_model**-0.5)
         output = self.model.get_output_embeddings()
@@ -242,3 +277,4 @@ class Backbone:
             "encoder_decoder": self.is_encoder_decoder,
             "n_parameters": sum(p.numel() for p in self.model.parameters()),
         }
+

@@ -8,6 +8,7 @@ evaluation. All draws are seeded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from torch import Tensor, nn
 from abi.backbones import Backbone
 from abi.backbones.limits import check_window_fits
 from abi.data import (
+    Corpus,
+    CorpusSplit,
     CorpusTooShortError,
     decoder_windows,
     load_code_corpus,
@@ -25,6 +28,7 @@ from abi.data import (
     tiled_starts,
     token_stream,
 )
+from abi.dialect import check_dialect_words, dialect_split
 from abi.features import FeatureSet, Windows
 from abi.module import ABIModule, ModuleConfig
 from abi.nib import NIBProtocol
@@ -41,10 +45,49 @@ class CorpusStreams:
     identity: dict[str, Any]
 
 
-def load_streams(backbone: Backbone, split_level: str = "file") -> CorpusStreams:
-    """Tokenize the pinned code corpus per split with the backbone's own tokenizer (cached)."""
+DOMAINS = ("python", "python-dialect")
+
+
+def check_domain(domain: str, dialect_words: int = 0) -> str:
+    """Refuse an unknown domain or a dialect dose out of range, naming the valid values."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}.")
+    check_dialect_words(dialect_words)
+    return domain
+
+
+@lru_cache(maxsize=4)
+def domain_split(split_level: str = "file", domain: str = "python", dialect_words: int = 0,
+                 dialect_seed: int = 0) -> tuple[Corpus, CorpusSplit]:
+    """The domain corpus and its train/validation/test split: the pinned code corpus, or its seeded
+    dialect (:mod:`abi.dialect`) with ``dialect_words`` renamed words (same files, same splits)."""
+    check_domain(domain, dialect_words)
     corpus = load_code_corpus()
     split = split_corpus(corpus, level=split_level)
+    if domain == "python-dialect":
+        corpus, split, _ = dialect_split(corpus, split, dialect_words, dialect_seed)
+    return corpus, split
+
+
+def check_split_fits(split: CorpusSplit, tokens_needed: dict[str, int], domain: str) -> None:
+    """Refuse, before any model loads, a split whose text cannot hold the windows asked for.
+
+    A token covers at least one character, so a split with fewer characters than the tokens its windows
+    need is certainly too small; a tighter check follows once the text is tokenized (before any feature).
+    """
+    for name, needed in tokens_needed.items():
+        chars = sum(len(f.text) for f in split.files(name))
+        if chars < needed:
+            raise CorpusTooShortError(
+                f"the {name} split of domain {domain!r} has {chars} characters, fewer than the {needed} tokens its "
+                f"windows need; ask for fewer or shorter windows (valid domains: {', '.join(DOMAINS)}).")
+
+
+def load_streams(backbone: Backbone, split_level: str = "file", domain: str = "python", dialect_words: int = 0,
+                 dialect_seed: int = 0) -> CorpusStreams:
+    """Tokenize the domain corpus per split with the backbone's own tokenizer (cached): the pinned
+    code corpus, or its seeded dialect (:mod:`abi.dialect`) with ``dialect_words`` renamed words."""
+    corpus, split = domain_split(split_level, domain, dialect_words, dialect_seed)
     streams = {name: token_stream(getattr(split, name), backbone.tokenizer) for name in SPLITS}
     identity = {
         "corpus": corpus.identity,
@@ -129,6 +172,16 @@ def check_held_out_splits(params: dict[str, Any]) -> None:
     if params["train_split"] not in ("train", "validation") or params["train_split"] == params["eval_split"]:
         raise ValueError(f"train_split must be 'train' or 'validation' and differ from eval_split "
                          f"({params['eval_split']!r}), got {params['train_split']!r}.")
+
+
+PROJ_OUT_INITS = ("zero", "xavier")
+
+
+def check_proj_out_init(init: str) -> str:
+    """``zero``: the module starts as the bare backbone; ``xavier``: the release's random start."""
+    if init not in PROJ_OUT_INITS:
+        raise ValueError(f"unknown proj_out_init {init!r}; valid values: {', '.join(PROJ_OUT_INITS)}.")
+    return init
 
 
 def untrained_module(config: ModuleConfig, seed: int, zero_init_proj_out: bool) -> ABIModule:

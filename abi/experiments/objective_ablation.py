@@ -52,9 +52,12 @@ CLAIM = "objective_ablation"
 
 # Claim 1's set-up, taken from its own profiles so the two claims share anchor, candidates and cache.
 _SHARED = ("backbone", "anchor_taps", "anchor_bottleneck", "anchor_per_tap_norm", "candidate_taps",
-           "candidate_bottleneck", "expansion", "split_level", "window_len", "n_train_windows", "domain_steps",
-           "domain_lr", "domain_batch_windows", "anchor_seed", "protocol", "stat_window_len", "feature_dtype",
-           "bootstrap_resamples")
+           "candidate_bottleneck", "expansion", "proj_out_init", "split_level", "window_len", "n_train_windows",
+           "dialect_words", "dialect_seed", "domain_steps", "domain_lr", "domain_batch_windows", "domain_head_dtype",
+           "domain_val_windows", "domain_eval_every", "domain_patience", "domain_min_delta", "anchor_seed",
+           "protocol", "stat_window_len", "feature_dtype", "bootstrap_resamples")
+# The claim-1 setting (domain and correction site) whose anchor, candidates and cached features this claim uses.
+SETTING = "python"
 _OWN: dict[str, Any] = {
     "eval_split": "test",
     "objectives": list(OBJECTIVES),
@@ -172,7 +175,7 @@ def torch_threads(count: int) -> Iterator[None]:
 def prepare(params: dict[str, Any]) -> Setup:
     """Claim 1's set-up: backbone, streams, windows, cached features (validation = the sweep's windows)."""
     with torch_threads(params["torch_threads"]):
-        setup = core_nib.prepare({**params, "curve_windows": params["validation_windows"]})
+        setup = core_nib.prepare({**params, "curve_windows": params["validation_windows"]}, SETTING)
     setup.params = params
     return setup
 

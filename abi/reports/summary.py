@@ -1,9 +1,10 @@
 """The summary chapter: every claim's published figures beside ours, with the claim's verdict and the reason.
 
-A claim's verdict is the one its own chapter states, by the same rule:
-``abi.experiments.<claim>_stats.claim_verdict``. Its rows (published figure, ours, the reason) come from
-``abi.reports.<claim>.summary_rows``. A claim whose result file does not exist yet gets one "not testable
-here" row, so the table always lists every claim.
+A claim's verdict is the one its own chapter states: ``abi.experiments.<claim>_stats.claim_verdict``,
+which reads the verdict stored in the result file where the claim derives one (claim 1). Its rows
+(published figure, ours, the reason, and the row's own verdict where the result stores row verdicts) come
+from ``abi.reports.<claim>.summary_rows``; a row without its own verdict shows the claim's. A claim whose
+result file does not exist yet gets one "not testable here" row, so the table always lists every claim.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from abi.pipeline import claim_of, notebook_names
 from abi.results import load_result
 
 NOT_TESTABLE = "not testable here"
-COLUMNS = ("claim", "figure", "published", "ours", "verdict", "why")
+COLUMNS = ("claim", "figure", "published", "ours", "verdict", "why", "claim verdict")
 
 
 def _stats_module(claim: str) -> ModuleType | None:
@@ -35,11 +36,12 @@ def _rows_of(notebook: str, stats: ModuleType, results_dir: Path) -> list[dict]:
     if not path.is_file():
         label = f"{int(notebook[:2])}. {claim.replace('_', ' ')}"
         return [{"claim": label, "figure": "-", "published": "-", "ours": "-", "verdict": NOT_TESTABLE,
-                 "why": f"no result file {path.name}: its notebook has not run"}]
+                 "why": f"no result file {path.name}: its notebook has not run", "claim verdict": NOT_TESTABLE}]
     result = load_result(path)
     verdict = stats.claim_verdict(result)
     report = importlib.import_module(f"abi.reports.{claim}")
-    return [{column: {**row, "verdict": verdict}[column] for column in COLUMNS} for row in report.summary_rows(result)]
+    return [{column: {"verdict": verdict, **row, "claim verdict": verdict}[column] for column in COLUMNS}
+            for row in report.summary_rows(result)]
 
 
 def summary_table(results_dir: Path) -> pd.DataFrame:
@@ -54,7 +56,7 @@ def summary_table(results_dir: Path) -> pd.DataFrame:
 
 def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
     """How many claims got each verdict (one verdict per claim), verdicts in the order the claims first give them."""
-    per_claim = table.groupby("claim", sort=False)["verdict"].first()
+    per_claim = table.groupby("claim", sort=False)["claim verdict"].first()
     return {verdict: int((per_claim == verdict).sum()) for verdict in dict.fromkeys(per_claim)}
 
 
