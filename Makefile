@@ -13,7 +13,7 @@ CI_DIR  ?= _build/ci
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test test-fast book notebooks book-only verify lint clean-cache benchmarks ci-book t5-mini
+.PHONY: setup test test-fast book notebooks book-only verify lint format clean-cache benchmarks ci-book t5-mini
 
 # Offline book: MathJax (npm, pinned; abi/book_assets.py copies it into each build) and Debian's
 # Chromium (tests/test_book_render.py renders the pages; front-page screenshot). Chromium needs root.
@@ -60,8 +60,15 @@ ci-book: setup
 	$(PY) -m abi.cli run-notebooks --profile smoke --scratch $(CI_DIR) --force
 	$(PY) -m abi.cli build-book --profile smoke --scratch $(CI_DIR)
 
+# The house style, checked in CI: ruff's lint rules and its formatter (`make format` applies it).
+LINTED := abi tests benchmarks
 lint: setup
-	$(PY) -m ruff check abi tests benchmarks
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+
+format: setup
+	$(PY) -m ruff check --fix $(LINTED)
+	$(PY) -m ruff format $(LINTED)
 
 clean-cache:
 	rm -rf .cache

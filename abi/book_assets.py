@@ -104,8 +104,12 @@ def screenshot(page: Path, png: Path, size: tuple[int, int] = SCREENSHOT_SIZE) -
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="abi-chromium-") as profile:
         command = chromium_command(
-            Path(profile), f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", "--hide-scrollbars",
-            "--virtual-time-budget=10000", Path(page).resolve().as_uri(),
+            Path(profile),
+            f"--screenshot={png}",
+            f"--window-size={size[0]},{size[1]}",
+            "--hide-scrollbars",
+            "--virtual-time-budget=10000",
+            Path(page).resolve().as_uri(),
         )
         subprocess.run(command, check=True, capture_output=True, timeout=120)
     if not png.is_file():

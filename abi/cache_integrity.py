@@ -87,8 +87,10 @@ def check_digests(folder: Path, recorded: Any) -> None:
             raise BadEntry(f"{name} is missing")
         actual = file_digest(path)
         if actual != expected:
-            raise BadEntry(f"{name} has {HASH_NAME} {actual[:16]}... but {expected[:16]}... was recorded "
-                           f"({path.stat().st_size} bytes now): the file was damaged or truncated")
+            raise BadEntry(
+                f"{name} has {HASH_NAME} {actual[:16]}... but {expected[:16]}... was recorded "
+                f"({path.stat().st_size} bytes now): the file was damaged or truncated"
+            )
 
 
 def write_manifest(folder: Path) -> None:
@@ -177,8 +179,9 @@ def _clear_leftovers(folder: Path, pattern: str) -> None:
 
 def discard(path: Path, reason: str, companions: Sequence[Path] = ()) -> None:
     """Warn that an entry is unusable and why, then delete it (and its companion files)."""
-    warnings.warn(f"cache entry {path} is unusable: {reason}; deleting it and rebuilding",
-                  CacheIntegrityWarning, stacklevel=3)
+    warnings.warn(
+        f"cache entry {path} is unusable: {reason}; deleting it and rebuilding", CacheIntegrityWarning, stacklevel=3
+    )
     for item in (path, *companions):
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item)
@@ -202,8 +205,7 @@ def build_lock(entry: Path) -> Iterator[None]:
         lock.release()
 
 
-def load_checked(entry: Path, load: Callable[[], T], build: Callable[[], None],
-                 companions: Sequence[Path] = ()) -> T:
+def load_checked(entry: Path, load: Callable[[], T], build: Callable[[], None], companions: Sequence[Path] = ()) -> T:
     """``load()`` a checked entry, building it first if it is missing or bad.
 
     ``load`` raises :class:`BadEntry` for an unusable entry; ``build`` writes ``entry`` anew (it is

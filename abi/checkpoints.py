@@ -43,12 +43,22 @@ class ModuleRecord:
 
 def backbone_facts(backbone: Backbone) -> dict[str, Any]:
     """The backbone facts a module depends on."""
-    return {"name": backbone.name, "family": backbone.spec.family, "d_model": backbone.d_model,
-            "n_layers": backbone.n_layers, "fingerprint": backbone.fingerprint()}
+    return {
+        "name": backbone.name,
+        "family": backbone.spec.family,
+        "d_model": backbone.d_model,
+        "n_layers": backbone.n_layers,
+        "fingerprint": backbone.fingerprint(),
+    }
 
 
-def save_module(path: Path, module: ABIModule, taps: list[int] | tuple[int, ...], backbone: Backbone,
-                extra: dict[str, Any] | None = None) -> Path:
+def save_module(
+    path: Path,
+    module: ABIModule,
+    taps: list[int] | tuple[int, ...],
+    backbone: Backbone,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``module`` with its shape, taps and backbone facts; atomic (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,23 +95,33 @@ def _read(path: Path) -> tuple[dict, dict[str, str]]:
             metadata = handle.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error}); it is truncated or corrupted: "
-                              "re-create it.") from error
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({error}); it is truncated or corrupted: re-create it."
+        ) from error
     if metadata.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: format {metadata.get('format')!r}, expected {_FORMAT!r}; "
-                              "save it with abi.checkpoints.save_module.")
+        raise CheckpointError(
+            f"{path}: format {metadata.get('format')!r}, expected {_FORMAT!r}; "
+            "save it with abi.checkpoints.save_module."
+        )
     return state, metadata
 
 
-def load_module(path: Path, backbone: Backbone | None = None, expect_family: str | None = None
-                ) -> tuple[ABIModule, ModuleRecord]:
+def load_module(
+    path: Path, backbone: Backbone | None = None, expect_family: str | None = None
+) -> tuple[ABIModule, ModuleRecord]:
     """Read a module file, check its integrity, and (given a backbone) that it fits that backbone."""
     path = Path(path)
     state, metadata = _read(path)
     try:
         config = ModuleConfig(**json.loads(metadata["config"]))
-        record = ModuleRecord(config, tuple(json.loads(metadata["taps"])), json.loads(metadata["backbone"]),
-                              int(metadata["seed"]), metadata["parameter_sha256"], json.loads(metadata["extra"]))
+        record = ModuleRecord(
+            config,
+            tuple(json.loads(metadata["taps"])),
+            json.loads(metadata["backbone"]),
+            int(metadata["seed"]),
+            metadata["parameter_sha256"],
+            json.loads(metadata["extra"]),
+        )
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: metadata field missing or malformed ({error}); re-create the file.") from error
     module = ABIModule(config, seed=record.seed)
@@ -132,5 +152,6 @@ def check_fits(record: ModuleRecord, backbone: Backbone, source: str = "<module>
         )
     bad = [t for t in record.taps if not 1 <= t <= backbone.n_layers]
     if bad:
-        raise CheckpointError(f"{source}: taps {bad} do not exist on {backbone.name!r} "
-                              f"(layers 1..{backbone.n_layers}).")
+        raise CheckpointError(
+            f"{source}: taps {bad} do not exist on {backbone.name!r} (layers 1..{backbone.n_layers})."
+        )

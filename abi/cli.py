@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     prefetch = commands.add_parser("prefetch", help="download the corpus and de-quantize offline models once")
     prefetch.add_argument("--models", nargs="*", default=["smollm2-135m"])
     prefetch.set_defaults(func=_prefetch)
-    for name, func, text in (("run-notebooks", _run_notebooks, "execute the claim notebooks with papermill"),
-                             ("build-book", _build_book, "build the HTML book with jupyter-book")):
+    for name, func, text in (
+        ("run-notebooks", _run_notebooks, "execute the claim notebooks with papermill"),
+        ("build-book", _build_book, "build the HTML book with jupyter-book"),
+    ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--profile", default="cpu")
         sub.add_argument("--scratch", default=None, help="write executed notebooks/results/book here")

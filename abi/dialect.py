@@ -31,9 +31,41 @@ from abi.data import Corpus, CorpusFile, CorpusSplit
 
 # Python 3.12's keyword.kwlist, pinned so that the dialect does not change with the interpreter.
 PYTHON_KEYWORDS = (
-    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del",
-    "elif", "else", "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda", "nonlocal",
-    "not", "or", "pass", "raise", "return", "try", "while", "with", "yield",
+    "False",
+    "None",
+    "True",
+    "and",
+    "as",
+    "assert",
+    "async",
+    "await",
+    "break",
+    "class",
+    "continue",
+    "def",
+    "del",
+    "elif",
+    "else",
+    "except",
+    "finally",
+    "for",
+    "from",
+    "global",
+    "if",
+    "import",
+    "in",
+    "is",
+    "lambda",
+    "nonlocal",
+    "not",
+    "or",
+    "pass",
+    "raise",
+    "return",
+    "try",
+    "while",
+    "with",
+    "yield",
 )
 MAX_DIALECT_WORDS = 2000
 _WORD = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
@@ -48,8 +80,10 @@ class DialectError(ValueError):
 def check_dialect_words(n_words: int) -> int:
     """The dose must lie in 0..MAX_DIALECT_WORDS; the message names the range."""
     if isinstance(n_words, bool) or not isinstance(n_words, int) or not 0 <= n_words <= MAX_DIALECT_WORDS:
-        raise DialectError(f"dialect_words must be an integer in 0..{MAX_DIALECT_WORDS} (0 renames the "
-                           f"{len(PYTHON_KEYWORDS)} keywords only), got {n_words!r}.")
+        raise DialectError(
+            f"dialect_words must be an integer in 0..{MAX_DIALECT_WORDS} (0 renames the "
+            f"{len(PYTHON_KEYWORDS)} keywords only), got {n_words!r}."
+        )
     return n_words
 
 
@@ -67,8 +101,14 @@ class Dialect:
 
     def identity(self) -> dict:
         examples = {word: self.table[word] for word in ("def", "return", "self", "import") if word in self.table}
-        return {"n_keywords": len(PYTHON_KEYWORDS), "n_words": self.n_words, "seed": self.seed,
-                "n_renamed": len(self.table), "table_sha256": self.sha256, "examples": examples}
+        return {
+            "n_keywords": len(PYTHON_KEYWORDS),
+            "n_words": self.n_words,
+            "seed": self.seed,
+            "n_renamed": len(self.table),
+            "table_sha256": self.sha256,
+            "examples": examples,
+        }
 
     def translate(self, text: str) -> str:
         return _WORD.sub(lambda match: self.table.get(match.group(0), match.group(0)), text)
@@ -81,16 +121,18 @@ def _nonce_words(count: int, taken: set[str], seed: int) -> list[str]:
     seen = set(taken)
     while len(words) < count:
         syllables = int(rng.integers(2, 4))
-        word = "".join(_CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))]
-                       for _ in range(syllables))
+        word = "".join(
+            _CONSONANTS[rng.integers(len(_CONSONANTS))] + _VOWELS[rng.integers(len(_VOWELS))] for _ in range(syllables)
+        )
         if word not in seen:
             seen.add(word)
             words.append(word)
     return words
 
 
-def build_dialect(train_files: Sequence[CorpusFile], all_files: Sequence[CorpusFile], n_words: int,
-                  seed: int) -> Dialect:
+def build_dialect(
+    train_files: Sequence[CorpusFile], all_files: Sequence[CorpusFile], n_words: int, seed: int
+) -> Dialect:
     """Keywords plus the ``n_words`` most frequent other words of ``train_files`` (ties by word)
     mapped to nonce words that occur nowhere in ``all_files``."""
     check_dialect_words(n_words)
@@ -115,10 +157,15 @@ def dialect_split(corpus: Corpus, split: CorpusSplit, n_words: int, seed: int) -
     dialect = build_dialect(split.train, corpus.files, n_words, seed)
     parts = {name: _translated(split.files(name), dialect) for name in ("train", "validation", "test")}
     files = sorted((f for part in parts.values() for f in part), key=lambda f: f.path)
-    corpus_hash = hashlib.sha256(
-        "".join(f"{f.path}\0{f.sha256}\n" for f in files).encode()).hexdigest()
-    identity = {**corpus.identity, "name": "python-dialect", "sha256": corpus_hash,
-                "source_sha256": corpus.identity["sha256"], "dialect": dialect.identity()}
-    new_split = CorpusSplit(parts["train"], parts["validation"], parts["test"], split.level, split.fractions,
-                            split.salt, corpus_hash)
+    corpus_hash = hashlib.sha256("".join(f"{f.path}\0{f.sha256}\n" for f in files).encode()).hexdigest()
+    identity = {
+        **corpus.identity,
+        "name": "python-dialect",
+        "sha256": corpus_hash,
+        "source_sha256": corpus.identity["sha256"],
+        "dialect": dialect.identity(),
+    }
+    new_split = CorpusSplit(
+        parts["train"], parts["validation"], parts["test"], split.level, split.fractions, split.salt, corpus_hash
+    )
     return Corpus(files, identity), new_split, dialect

@@ -53,8 +53,9 @@ def effect_window_metrics(metrics: dict[str, torch.Tensor], mask: torch.Tensor) 
     with weight 0, so position-weighted summaries (:func:`abi.nib.summary_from_per_window`) ignore it.
     """
     counts = mask.sum(-1)
-    out = {key: (torch.where(mask, values, 0.0).sum(-1) / counts.clamp_min(1)).numpy()
-           for key, values in metrics.items()}
+    out = {
+        key: (torch.where(mask, values, 0.0).sum(-1) / counts.clamp_min(1)).numpy() for key, values in metrics.items()
+    }
     out["n_positions"] = counts.numpy().astype(np.int64)
     return out
 

@@ -106,8 +106,10 @@ class FeatureSet:
     def first(self, n_windows: int) -> FeatureSet:
         """The first ``n_windows`` windows, sharing the cached arrays (a calibration-data dose)."""
         if not 1 <= n_windows <= len(self):
-            raise ValueError(f"asked for the first {n_windows} of {len(self)} cached windows; "
-                             f"choose 1..{len(self)} or cache more windows.")
+            raise ValueError(
+                f"asked for the first {n_windows} of {len(self)} cached windows; "
+                f"choose 1..{len(self)} or cache more windows."
+            )
         view = copy.copy(self)
         view.windows = self.windows.select(slice(0, n_windows))
         view._taps, view._final = self._taps[:n_windows], self._final[:n_windows]
@@ -164,8 +166,13 @@ def extract_features(
     np_dtype = np.dtype(dtype)
     key = _cache_key(backbone, windows, taps, np_dtype)
     final_dir = (root or cache_dir() / "features") / backbone.name.replace("/", "_") / key
-    meta = {"backbone": backbone.name, "taps": list(taps), "n_windows": len(windows), "seq_len": windows.seq_len,
-            "dtype": np_dtype.name}
+    meta = {
+        "backbone": backbone.name,
+        "taps": list(taps),
+        "n_windows": len(windows),
+        "seq_len": windows.seq_len,
+        "dtype": np_dtype.name,
+    }
     return load_checked(
         final_dir,
         lambda: _open_checked(final_dir, windows, taps, meta),
@@ -186,8 +193,16 @@ def _open_checked(directory: Path, windows: Windows, taps: tuple[int, ...], meta
         raise BadEntry(f"numpy cannot read it ({error})") from error
 
 
-def _build(backbone: Backbone, windows: Windows, taps: tuple[int, ...], dtype: np.dtype, final_dir: Path,
-           meta: dict, batch_windows: int, desc: str) -> None:
+def _build(
+    backbone: Backbone,
+    windows: Windows,
+    taps: tuple[int, ...],
+    dtype: np.dtype,
+    final_dir: Path,
+    meta: dict,
+    batch_windows: int,
+    desc: str,
+) -> None:
     """Extract into ``<key>.partial`` (resuming a checked earlier attempt), then rename it into place."""
     partial = final_dir.with_name(f"{final_dir.name}.partial")
     n, t, k, d = len(windows), windows.seq_len, len(taps), backbone.d_model
@@ -236,8 +251,9 @@ def _resume(partial: Path, shapes: dict[str, tuple[int, ...]], dtype: np.dtype) 
         except BadEntry as bad:
             discard(partial, f"cannot resume: {bad}")
     partial.mkdir(parents=True, exist_ok=True)
-    stores = [np.lib.format.open_memmap(partial / name, mode="w+", dtype=dtype, shape=shape)
-              for name, shape in shapes.items()]
+    stores = [
+        np.lib.format.open_memmap(partial / name, mode="w+", dtype=dtype, shape=shape) for name, shape in shapes.items()
+    ]
     return 0, "", stores
 
 

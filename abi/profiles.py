@@ -103,7 +103,7 @@ def _parse_text(name: str, value: Any, default: Any) -> Any:
     except (ValueError, SyntaxError) as error:
         raise ParameterError(
             f"parameter {name!r}: cannot read {value!r} as a {type(default).__name__} like {default!r} "
-            f"(write it as a Python literal, e.g. -p {name} \"{default!r}\", or pass YAML with -y)."
+            f'(write it as a Python literal, e.g. -p {name} "{default!r}", or pass YAML with -y).'
         ) from error
 
 
@@ -113,16 +113,34 @@ _COUNT_SUFFIXES = ("_steps", "_windows", "_bottleneck", "_len", "_resamples", "_
 _RANGE_RULES: tuple[tuple[Any, Any, str], ...] = (
     (lambda n: n == "lr" or n.endswith("_lr"), lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
     (lambda n: n.endswith(_OPTIONAL_STEPS), lambda v: v >= 0, "at least 0"),
-    (lambda n: (n.startswith("n_") or n.endswith(_COUNT_SUFFIXES) or n in ("bottleneck", "expansion"))
-     and not n.endswith(_OPTIONAL_STEPS), lambda v: v >= 1, "at least 1"),
-    (lambda n: n == "seeds" or n.endswith("_seeds"), lambda v: isinstance(v, list) and len(v) > 0
-     and len(set(v)) == len(v), "a non-empty list without duplicates (a repeated seed would be trained once)"),
-    (lambda n: n == "taps" or n.endswith("_taps"), lambda v: not isinstance(v, list) or len(set(v)) == len(v),
-     "a list without duplicates"),
-    (lambda n: n.endswith("lr_grid"), lambda v: len(v) > 0 and all(math.isfinite(x) and x > 0 for x in v),
-     "a non-empty list of finite numbers > 0"),
-    (lambda n: n.endswith("_split"), lambda v: v in ("train", "validation", "test"),
-     "one of 'train', 'validation', 'test'"),
+    (
+        lambda n: (
+            (n.startswith("n_") or n.endswith(_COUNT_SUFFIXES) or n in ("bottleneck", "expansion"))
+            and not n.endswith(_OPTIONAL_STEPS)
+        ),
+        lambda v: v >= 1,
+        "at least 1",
+    ),
+    (
+        lambda n: n == "seeds" or n.endswith("_seeds"),
+        lambda v: isinstance(v, list) and len(v) > 0 and len(set(v)) == len(v),
+        "a non-empty list without duplicates (a repeated seed would be trained once)",
+    ),
+    (
+        lambda n: n == "taps" or n.endswith("_taps"),
+        lambda v: not isinstance(v, list) or len(set(v)) == len(v),
+        "a list without duplicates",
+    ),
+    (
+        lambda n: n.endswith("lr_grid"),
+        lambda v: len(v) > 0 and all(math.isfinite(x) and x > 0 for x in v),
+        "a non-empty list of finite numbers > 0",
+    ),
+    (
+        lambda n: n.endswith("_split"),
+        lambda v: v in ("train", "validation", "test"),
+        "one of 'train', 'validation', 'test'",
+    ),
     (lambda n: n.endswith(("_margin", "_weight")), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
 )
 

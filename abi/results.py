@@ -75,8 +75,9 @@ def provenance() -> dict[str, Any]:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--", "abi"], cwd=REPO_ROOT, capture_output=True,
-                                text=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "abi"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
         dirty = bool(status.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
@@ -187,8 +188,9 @@ def sealed(result: dict[str, Any]) -> dict[str, Any]:
 
     Hashing the round-tripped form matters: integer keys become strings and re-sort on reading.
     """
-    content = json.loads(json.dumps(_finite_json({k: v for k, v in result.items() if k != SEAL_FIELD}),
-                                    allow_nan=False))
+    content = json.loads(
+        json.dumps(_finite_json({k: v for k, v in result.items() if k != SEAL_FIELD}), allow_nan=False)
+    )
     return {**content, SEAL_FIELD: content_hash(content)}
 
 
@@ -196,8 +198,10 @@ def check_seal(result: dict[str, Any], source: str = "<result>") -> None:
     """Refuse a result whose content no longer matches the seal written with it."""
     stored = result.get(SEAL_FIELD)
     if stored is None:
-        raise ResultFileError(f"{source}: no {SEAL_FIELD} seal (written by an older library, or rebuilt by hand); "
-                              "re-run its notebook to rewrite it.")
+        raise ResultFileError(
+            f"{source}: no {SEAL_FIELD} seal (written by an older library, or rebuilt by hand); "
+            "re-run its notebook to rewrite it."
+        )
     if stored != content_hash(result):
         raise ResultFileError(
             f"{source}: edited after it was written: its content no longer matches its {SEAL_FIELD} seal (fields "
@@ -330,14 +334,18 @@ def _check_effect_positions(effect: dict[str, Any], per_window: dict[str, Any], 
         raise ResultFileError(f"{where}.effect_per_window: missing metric(s) {missing}.")
     lengths = {key: len(values) for key, values in effect.items()}
     if set(lengths.values()) != {n_windows}:
-        raise ResultFileError(f"{where}.effect_per_window: arrays of lengths {lengths}, expected {n_windows} "
-                              "(one per window); the file is truncated or edited.")
+        raise ResultFileError(
+            f"{where}.effect_per_window: arrays of lengths {lengths}, expected {n_windows} "
+            "(one per window); the file is truncated or edited."
+        )
     for window, (count, total) in enumerate(zip(effect["n_positions"], per_window["n_positions"])):
         empty_but_valued = count == 0 and any(effect[key][window] != 0 for key in CORE_METRICS)
         if not 0 <= count <= total or empty_but_valued:
-            raise ResultFileError(f"{where}.effect_per_window: window {window} has {count} effect positions of "
-                                  f"{total} scored (or values without positions); the file was edited: re-run its "
-                                  "notebook.")
+            raise ResultFileError(
+                f"{where}.effect_per_window: window {window} has {count} effect positions of "
+                f"{total} scored (or values without positions); the file was edited: re-run its "
+                "notebook."
+            )
 
 
 # -- pieces every claim's result file shares ----------------------------------------------------------
@@ -349,8 +357,13 @@ def result_document(claim: str, params: dict[str, Any], **sections: Any) -> dict
     settings each record their own).
     """
     parameters = {**params, "correction_site": params.get("correction_site", DEFAULT_CORRECTION_SITE)}
-    header = {"schema_version": claim_schema_version(claim), "claim": claim, "profile": params["profile"],
-              "parameters": parameters, "provenance": provenance()}
+    header = {
+        "schema_version": claim_schema_version(claim),
+        "claim": claim,
+        "profile": params["profile"],
+        "parameters": parameters,
+        "provenance": provenance(),
+    }
     return {**header, **sections}
 
 
@@ -359,21 +372,32 @@ def comparison_record(scores: Any, bootstrap: dict[str, int], reference: str, **
     per-window values and NLL, then everything :func:`derive_comparison` computes from them."""
     per_window = {key: list(values) for key, values in scores.per_window.items()}
     nll = {"sum": list(scores.nll_sum), "n_tokens": list(scores.n_tokens)}
-    return {"reference": reference, **extra, "per_window": per_window, "nll": nll,
-            **derive_comparison(per_window, nll, bootstrap)}
+    return {
+        "reference": reference,
+        **extra,
+        "per_window": per_window,
+        "nll": nll,
+        **derive_comparison(per_window, nll, bootstrap),
+    }
 
 
 def fingerprint_after(backbone: Any, fingerprint_before: str) -> str:
     """Recompute a backbone's weight fingerprint and refuse the run if training changed the weights."""
     after = backbone.fingerprint(recompute=True)
     if after != fingerprint_before:
-        raise RuntimeError(f"{backbone.name!r}: the backbone's weights changed during the run (fingerprint "
-                           f"{fingerprint_before[:12]} -> {after[:12]}); the run is invalid.")
+        raise RuntimeError(
+            f"{backbone.name!r}: the backbone's weights changed during the run (fingerprint "
+            f"{fingerprint_before[:12]} -> {after[:12]}); the run is invalid."
+        )
     return after
 
 
 def backbone_record(backbone: Any, fingerprint_before: str) -> dict[str, Any]:
     """A frozen backbone as a result file records it: description and the fingerprints that prove it frozen."""
     after = fingerprint_after(backbone, fingerprint_before)
-    return {**backbone.describe(), "fingerprint_before": fingerprint_before, "fingerprint_after": after,
-            "unchanged": True}
+    return {
+        **backbone.describe(),
+        "fingerprint_before": fingerprint_before,
+        "fingerprint_after": after,
+        "unchanged": True,
+    }

@@ -44,8 +44,9 @@ class SharedText:
         return hashlib.sha256(json.dumps([self.contexts, self.sentences]).encode()).hexdigest()
 
 
-def draw_shared_text(files: Sequence[CorpusFile], n: int, context_chars: int, sentence_chars: int,
-                     seed: int) -> SharedText:
+def draw_shared_text(
+    files: Sequence[CorpusFile], n: int, context_chars: int, sentence_chars: int, seed: int
+) -> SharedText:
     """``n`` distinct snippets from ``files`` (pass the *training* split only), seeded.
 
     A snippet starts at a random non-blank line of a random file: the sentence is that line and the
@@ -117,8 +118,12 @@ class TokenizedSentences:
         return hashlib.sha256(json.dumps([self.context_ids, self.sentence_ids]).encode()).hexdigest()
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model, "n": len(self), "mean_context_tokens": float(np.mean([len(c) for c in
-                self.context_ids])), "mean_sentence_tokens": float(np.mean([len(s) for s in self.sentence_ids]))}
+        return {
+            "model": self.model,
+            "n": len(self),
+            "mean_context_tokens": float(np.mean([len(c) for c in self.context_ids])),
+            "mean_sentence_tokens": float(np.mean([len(s) for s in self.sentence_ids])),
+        }
 
 
 def tokenize_shared(text: SharedText, tokenizer: Any, model: str) -> TokenizedSentences:

@@ -16,6 +16,8 @@ DEFAULT_CORRECTION_SITE = "after_final_norm"
 def check_correction_site(site: str) -> str:
     """Refuse an unknown correction site, naming the valid ones."""
     if site not in CORRECTION_SITES:
-        raise ValueError(f"unknown correction site {site!r}; valid sites: {', '.join(CORRECTION_SITES)} "
-                         f"(the release's is {DEFAULT_CORRECTION_SITE!r}).")
+        raise ValueError(
+            f"unknown correction site {site!r}; valid sites: {', '.join(CORRECTION_SITES)} "
+            f"(the release's is {DEFAULT_CORRECTION_SITE!r})."
+        )
     return site

@@ -165,9 +165,7 @@ def paired_difference_ci(
     alternative = "two-sided"
     if one_sided:
         alternative = "greater" if higher_is_better else "less"
-    ci = _window_ci(
-        a - b, _weights(n_positions, a.size), confidence, n_resamples, seed, alternative
-    )
+    ci = _window_ci(a - b, _weights(n_positions, a.size), confidence, n_resamples, seed, alternative)
     if not one_sided:
         return ci
     low, high = (ci.low, math.inf) if higher_is_better else (-math.inf, ci.high)

@@ -64,15 +64,22 @@ def _check_finite(loss: Tensor, stage: str, step: int) -> None:
         )
 
 
-def module_logits(backbone: Backbone, module: nn.Module | None, taps: Tensor, final: Tensor,
-                  head_dtype: torch.dtype | None = None) -> Tensor:
+def module_logits(
+    backbone: Backbone, module: nn.Module | None, taps: Tensor, final: Tensor, head_dtype: torch.dtype | None = None
+) -> Tensor:
     """Logits of backbone + module (``module=None``: the bare backbone); ``head_dtype``: see
     :meth:`abi.backbones.Backbone.head` (training signals only)."""
     return backbone.logits(final, None if module is None else module(taps), dtype=head_dtype)
 
 
-def domain_loss(backbone: Backbone, module: ABIModule, taps: Tensor, final: Tensor, labels: Tensor,
-                head_dtype: torch.dtype | None = None) -> Tensor:
+def domain_loss(
+    backbone: Backbone,
+    module: ABIModule,
+    taps: Tensor,
+    final: Tensor,
+    labels: Tensor,
+    head_dtype: torch.dtype | None = None,
+) -> Tensor:
     """Next-token cross-entropy of backbone + module on domain text."""
     logits = module_logits(backbone, module, taps, final, head_dtype)
     return nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
@@ -93,20 +100,30 @@ class PlateauRule:
             raise ValueError(f"PlateauRule needs every >= 1, patience >= 1, min_delta >= 0; got {self}.")
 
     def to_dict(self) -> dict:
-        return {"every": self.every, "patience": self.patience, "min_delta": self.min_delta,
-                "rule": "stop after `patience` validation evaluations without a relative improvement above "
-                        "`min_delta`; restore the best evaluated state"}
+        return {
+            "every": self.every,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "rule": "stop after `patience` validation evaluations without a relative improvement above "
+            "`min_delta`; restore the best evaluated state",
+        }
 
 
 @torch.no_grad()
-def mean_domain_loss(backbone: Backbone, module: nn.Module | None, features: FeatureSet, batch_windows: int = 8,
-                     head_dtype: torch.dtype | None = None) -> float:
+def mean_domain_loss(
+    backbone: Backbone,
+    module: nn.Module | None,
+    features: FeatureSet,
+    batch_windows: int = 8,
+    head_dtype: torch.dtype | None = None,
+) -> float:
     """Token-mean cross-entropy of backbone + module over every window of ``features``."""
     total, count = 0.0, 0
     for _, taps, final, labels in features.iter_batches(batch_windows):
         logits = module_logits(backbone, module, taps, final, head_dtype)
-        losses = nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX,
-                                             reduction="sum")
+        losses = nn.functional.cross_entropy(
+            logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         total += float(losses)
         count += int((labels != IGNORE_INDEX).sum())
     return total / max(count, 1)
@@ -230,8 +247,14 @@ def calibrate(
             group["lr"] = lr
         index = _sample_windows(generator, len(features), batch_windows)
         taps, final, _ = features.batch(index)
-        loss = objective(module(taps), target_corrections[index], final=final, backbone=backbone, step=step,
-                         total_steps=schedule.total_steps)
+        loss = objective(
+            module(taps),
+            target_corrections[index],
+            final=final,
+            backbone=backbone,
+            step=step,
+            total_steps=schedule.total_steps,
+        )
         _check_finite(loss, desc, step)
         log.losses.append(loss.item())
         log.lrs.append(lr)

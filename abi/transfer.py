@@ -74,14 +74,17 @@ def _pool_batches(sentences: TokenizedSentences, encoder_decoder: bool, batch_si
         order = sorted(range(n), key=lambda i: (len(sentences.context_ids[i]), len(sentences.sentence_ids[i])))
         groups: list[list[int]] = []
         for i in order:
-            if groups and len(groups[-1]) < batch_size and \
-                    len(sentences.context_ids[groups[-1][0]]) == len(sentences.context_ids[i]):
+            if (
+                groups
+                and len(groups[-1]) < batch_size
+                and len(sentences.context_ids[groups[-1][0]]) == len(sentences.context_ids[i])
+            ):
                 groups[-1].append(i)
             else:
                 groups.append([i])
         return groups
     order = sorted(range(n), key=lambda i: len(sentences.context_ids[i]) + len(sentences.sentence_ids[i]))
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _padded(rows: list[list[int]], pad: int) -> Tensor:
@@ -90,8 +93,9 @@ def _padded(rows: list[list[int]], pad: int) -> Tensor:
 
 
 @torch.no_grad()
-def _compute_pooled(backbone: Backbone, sentences: TokenizedSentences, taps: tuple[int, ...],
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _compute_pooled(
+    backbone: Backbone, sentences: TokenizedSentences, taps: tuple[int, ...], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     n_snippets, d_model = len(sentences), backbone.d_model
     pooled_taps, pooled_final = np.zeros((n_snippets, len(taps), d_model)), np.zeros((n_snippets, d_model))
     pad = backbone.pad_token_id
@@ -100,8 +104,11 @@ def _compute_pooled(backbone: Backbone, sentences: TokenizedSentences, taps: tup
         contexts = [list(sentences.context_ids[i]) for i in group]
         sentence_ids = [list(sentences.sentence_ids[i]) for i in group]
         if backbone.is_encoder_decoder:
-            out = backbone.tap_features(_padded([[pad] + s[:-1] for s in sentence_ids], pad), taps,
-                                        encoder_ids=torch.tensor(contexts, dtype=torch.long))
+            out = backbone.tap_features(
+                _padded([[pad] + s[:-1] for s in sentence_ids], pad),
+                taps,
+                encoder_ids=torch.tensor(contexts, dtype=torch.long),
+            )
             spans = [(0, len(s)) for s in sentence_ids]
         else:
             out = backbone.tap_features(_padded([c + s for c, s in zip(contexts, sentence_ids)], pad), taps)
@@ -113,8 +120,13 @@ def _compute_pooled(backbone: Backbone, sentences: TokenizedSentences, taps: tup
     return pooled_taps, pooled_final
 
 
-def pooled_states(backbone: Backbone, sentences: TokenizedSentences, taps: Sequence[int], batch_size: int = 16,
-                  root: Path | None = None) -> PooledStates:
+def pooled_states(
+    backbone: Backbone,
+    sentences: TokenizedSentences,
+    taps: Sequence[int],
+    batch_size: int = 16,
+    root: Path | None = None,
+) -> PooledStates:
     """Mean over the positions that predict each sentence's tokens, of the taps and the final state.
 
     Cached on disk (``cache_dir()/pooled``) by backbone fingerprint, taps and token ids: the same
@@ -123,10 +135,18 @@ def pooled_states(backbone: Backbone, sentences: TokenizedSentences, taps: Seque
     taps = backbone.check_taps(taps)
     if sentences.model != backbone.name:
         raise SentenceMismatchError(f"sentences tokenized for {sentences.model!r} given to {backbone.name!r}.")
-    key = hashlib.sha256(json.dumps({"format": _POOLED_CACHE_FORMAT, "backbone": backbone.fingerprint(),
-                                     "correction_site": backbone.correction_site,
-                                     "taps": list(taps), "bos_prefix": backbone.bos_prefix,
-                                     "ids": sentences.ids_sha256}).encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "format": _POOLED_CACHE_FORMAT,
+                "backbone": backbone.fingerprint(),
+                "correction_site": backbone.correction_site,
+                "taps": list(taps),
+                "bos_prefix": backbone.bos_prefix,
+                "ids": sentences.ids_sha256,
+            }
+        ).encode()
+    ).hexdigest()[:24]
     path = (root or cache_dir() / "pooled") / backbone.name.replace("/", "_") / f"{key}.npz"
     if path.is_file():
         stored = np.load(path)
@@ -159,13 +179,19 @@ class ProcrustesFit:
     n_samples: int
 
     def describe(self) -> dict[str, Any]:
-        return {"shape": list(self.matrix.shape), "scale": self.scale, "best_scale": self.best_scale,
-                "relative_residual": self.relative_residual, "explained_fraction": 1.0 - self.relative_residual**2,
-                "n_samples": self.n_samples}
+        return {
+            "shape": list(self.matrix.shape),
+            "scale": self.scale,
+            "best_scale": self.best_scale,
+            "relative_residual": self.relative_residual,
+            "explained_fraction": 1.0 - self.relative_residual**2,
+            "n_samples": self.n_samples,
+        }
 
 
-def orthogonal_procrustes(source: ArrayLike, target: ArrayLike, centre: bool = True,
-                          scale: bool = False) -> ProcrustesFit:
+def orthogonal_procrustes(
+    source: ArrayLike, target: ArrayLike, centre: bool = True, scale: bool = False
+) -> ProcrustesFit:
     """The semi-orthogonal map ``W`` (and, with ``scale``, the factor ``s``) that best takes the
     rows of ``source [N, d_s]`` onto the rows of ``target [N, d_t]``.
 
@@ -196,10 +222,15 @@ def orthogonal_procrustes(source: ArrayLike, target: ArrayLike, centre: bool = T
     mapped = source_centred @ matrix.T
     best = float(np.sum(mapped * target_centred) / np.sum(mapped * mapped))
     residual = float(np.linalg.norm(best * mapped - target_centred) / np.linalg.norm(target_centred))
-    return ProcrustesFit(matrix=torch.from_numpy(matrix).float(), scale=best if scale else 1.0,
-                         source_mean=torch.from_numpy(source_mean).float(),
-                         target_mean=torch.from_numpy(target_mean).float(), relative_residual=residual,
-                         best_scale=best, n_samples=int(source_rows.shape[0]))
+    return ProcrustesFit(
+        matrix=torch.from_numpy(matrix).float(),
+        scale=best if scale else 1.0,
+        source_mean=torch.from_numpy(source_mean).float(),
+        target_mean=torch.from_numpy(target_mean).float(),
+        relative_residual=residual,
+        best_scale=best,
+        n_samples=int(source_rows.shape[0]),
+    )
 
 
 # -- 4. initialisation ----------------------------------------------------------------------------
@@ -222,8 +253,10 @@ def fit_interface_maps(source: PooledStates, target: PooledStates) -> InterfaceM
             f"({source.final.shape[0]} vs {target.final.shape[0]}); pool one SharedText on both models."
         )
     if source.taps.shape[1] != target.taps.shape[1]:
-        raise MigrationError(f"{source.taps.shape[1]} source taps but {target.taps.shape[1]} target taps; "
-                             "use as many taps on T as the module reads on S.")
+        raise MigrationError(
+            f"{source.taps.shape[1]} source taps but {target.taps.shape[1]} target taps; "
+            "use as many taps on T as the module reads on S."
+        )
     inputs = tuple(orthogonal_procrustes(target.taps[:, k], source.taps[:, k]) for k in range(source.taps.shape[1]))
     return InterfaceMaps(inputs, orthogonal_procrustes(source.final, target.final, scale=True))
 
@@ -234,8 +267,9 @@ def frozen_parameters(module: ABIModule) -> list[nn.Parameter]:
     return [p for p in module.parameters() if id(p) not in interface]
 
 
-def migrate_module(source_module: ABIModule, target_d_model: int, maps: InterfaceMaps | None,
-                   seed: int = 0) -> ABIModule:
+def migrate_module(
+    source_module: ABIModule, target_d_model: int, maps: InterfaceMaps | None, seed: int = 0
+) -> ABIModule:
     """A module for T: the source's frozen part copied, the interface from ``maps``.
 
     ``proj_in_T = proj_in_S @ R_in`` (per tap block) reads T's taps as if they were S's. The
@@ -248,8 +282,10 @@ def migrate_module(source_module: ABIModule, target_d_model: int, maps: Interfac
     """
     config = source_module.config
     if config.per_tap_norm:
-        raise MigrationError("per-tap LayerNorms are d_model-sized interface weights that Procrustes does not map; "
-                             "migrate modules built with per_tap_norm=False (as the release's 1-tap module).")
+        raise MigrationError(
+            "per-tap LayerNorms are d_model-sized interface weights that Procrustes does not map; "
+            "migrate modules built with per_tap_norm=False (as the release's 1-tap module)."
+        )
     migrated = ABIModule(replace(config, d_model=target_d_model), seed=seed)
     migrated.abi_norm.load_state_dict(source_module.abi_norm.state_dict())
     migrated.domain.load_state_dict(source_module.domain.state_dict())
@@ -261,14 +297,17 @@ def migrate_module(source_module: ABIModule, target_d_model: int, maps: Interfac
             source_d_model = config.d_model
             for k, fit in enumerate(maps.input_maps):
                 if tuple(fit.matrix.shape) != (source_d_model, target_d_model):
-                    raise MigrationError(f"input map {k} is {tuple(fit.matrix.shape)}, expected "
-                                         f"({source_d_model}, {target_d_model}) (T's taps -> S's).")
-                block = source_module.proj_in.weight[:, k * source_d_model:(k + 1) * source_d_model]
-                migrated.proj_in.weight[:, k * target_d_model:(k + 1) * target_d_model] = block @ fit.matrix
+                    raise MigrationError(
+                        f"input map {k} is {tuple(fit.matrix.shape)}, expected "
+                        f"({source_d_model}, {target_d_model}) (T's taps -> S's)."
+                    )
+                block = source_module.proj_in.weight[:, k * source_d_model : (k + 1) * source_d_model]
+                migrated.proj_in.weight[:, k * target_d_model : (k + 1) * target_d_model] = block @ fit.matrix
             output_map = maps.output_map
             if tuple(output_map.matrix.shape) != (target_d_model, source_d_model):
-                raise MigrationError(f"output map is {tuple(output_map.matrix.shape)}, expected "
-                                     f"({target_d_model}, {source_d_model}).")
+                raise MigrationError(
+                    f"output map is {tuple(output_map.matrix.shape)}, expected ({target_d_model}, {source_d_model})."
+                )
             migrated.proj_out.weight.copy_(output_map.scale * output_map.matrix @ source_module.proj_out.weight)
     migrated.eval()
     return migrated

@@ -29,8 +29,11 @@ def regime_gate(module_ppl: float, bare_ppl: float, bare_nib_verdict: str) -> di
     if bare_nib_verdict not in ("PASS", "FAIL"):
         raise ValueError(f"bare_backbone_nib must be 'PASS' or 'FAIL', got {bare_nib_verdict!r}.")
     reduction = 1.0 - module_ppl / bare_ppl
-    return {"module_ppl_reduction": reduction, "bare_backbone_nib": bare_nib_verdict,
-            "testable": bool(reduction >= GATE_MIN_PPL_REDUCTION and bare_nib_verdict == "FAIL")}
+    return {
+        "module_ppl_reduction": reduction,
+        "bare_backbone_nib": bare_nib_verdict,
+        "testable": bool(reduction >= GATE_MIN_PPL_REDUCTION and bare_nib_verdict == "FAIL"),
+    }
 
 
 def gated(gate: dict[str, Any], verdict: str) -> str:

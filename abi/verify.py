@@ -58,16 +58,21 @@ def _unexpected(path: Path, what: str, error: Exception) -> str:
 
 
 def _broken_library(where: str, what: str, error: Exception) -> Finding:
-    return Finding(REPO_ROOT / where, False, f"{where}: {what} ({type(error).__name__}: {error}); nothing below it "
-                                             "could be checked: fix the library first.")
+    return Finding(
+        REPO_ROOT / where,
+        False,
+        f"{where}: {what} ({type(error).__name__}: {error}); nothing below it could be checked: fix the library first.",
+    )
 
 
 # -- result files --------------------------------------------------------------------------------------
 def _check_name(result: dict, source: str) -> None:
     stem = Path(source).stem
     if result.get("claim") != stem:
-        raise ResultFileError(f"{source}: field claim is {result.get('claim')!r}, but the file is named {stem}.json; "
-                              "a result was copied under another claim's name: re-run its notebook.")
+        raise ResultFileError(
+            f"{source}: field claim is {result.get('claim')!r}, but the file is named {stem}.json; "
+            "a result was copied under another claim's name: re-run its notebook."
+        )
 
 
 def _check_provenance(result: dict, source: str) -> None:
@@ -88,12 +93,18 @@ def _check_published(result: dict, source: str) -> None:
         return
     expected = json.loads(json.dumps(module.PUBLISHED))  # tuples become lists, as in the file
     if result.get("published") != expected:
-        raise ResultFileError(f"{source}: field published differs from PUBLISHED in {module.__name__} (the "
-                              "release's figures): edited, or the constant changed since the run; re-run its notebook.")
+        raise ResultFileError(
+            f"{source}: field published differs from PUBLISHED in {module.__name__} (the "
+            "release's figures): edited, or the constant changed since the run; re-run its notebook."
+        )
 
 
 _CLAIM_CHECKS: tuple[Callable[[dict, str], None], ...] = (
-    check_result, check_seal, _check_name, _check_provenance, _check_published,
+    check_result,
+    check_seal,
+    _check_name,
+    _check_provenance,
+    _check_published,
 )
 
 
@@ -178,20 +189,27 @@ def _stamp_problems(path: Path, owner: str, result: _Result) -> list[str]:
     try:
         stamps = figure_stamps(path)
     except Exception as error:
-        return [f"{path}: not a readable PNG ({type(error).__name__}: {error}); the file is truncated or "
-                "corrupted: re-run the notebook that draws it."]
+        return [
+            f"{path}: not a readable PNG ({type(error).__name__}: {error}); the file is truncated or "
+            "corrupted: re-run the notebook that draws it."
+        ]
     problems = []
     name = stamps.get(NAME_STAMP)
     if name is None:
-        problems.append(f"{path}: carries no {NAME_STAMP} name stamp, so it cannot be told from another figure; "
-                        "re-run the notebook that draws it.")
+        problems.append(
+            f"{path}: carries no {NAME_STAMP} name stamp, so it cannot be told from another figure; "
+            "re-run the notebook that draws it."
+        )
     elif name != path.stem:
-        problems.append(f"{path}: is the figure {name}.png (its {NAME_STAMP} stamp), not {path.name}: figures were "
-                        "swapped or copied under another name; re-run the notebook that draws them.")
+        problems.append(
+            f"{path}: is the figure {name}.png (its {NAME_STAMP} stamp), not {path.name}: figures were "
+            "swapped or copied under another name; re-run the notebook that draws them."
+        )
     stamped = stamps.get(RESULT_STAMP)
     if stamped != result_hash(result.data):
-        problems.append(f"{path}: drawn from another version of {owner}.json (stamp {str(stamped)[:12]}); "
-                        "re-run its notebook.")
+        problems.append(
+            f"{path}: drawn from another version of {owner}.json (stamp {str(stamped)[:12]}); re-run its notebook."
+        )
     return problems
 
 
@@ -203,8 +221,9 @@ def _figure_problems(path: Path, declared: dict[str, str], names: set[str], resu
         return [f"{path}: not a file; delete it and re-run the notebook that draws it."]
     owner = _owner(stem, names)
     if owner is None:
-        return [f"{path}: no result file {{claim}}.json matches its name; delete it or re-run the notebook that "
-                "draws it."]
+        return [
+            f"{path}: no result file {{claim}}.json matches its name; delete it or re-run the notebook that draws it."
+        ]
     if stem not in declared:
         return [f"{path}: not a figure the book uses (no abi.plotting module declares it in FIGURES); delete it."]
     if owner not in results:

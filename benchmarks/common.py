@@ -50,8 +50,11 @@ def timed(fn: Callable[[], Any], repeats: int, device: str = "cpu", warmup: int 
 
 def ratio(baseline: dict[str, float], faster: dict[str, float]) -> dict[str, float]:
     """Speed-up of ``faster`` over ``baseline``: median ratio, and the worst and best case pairs."""
-    return {"median": baseline["median_s"] / faster["median_s"], "min": baseline["min_s"] / faster["max_s"],
-            "max": baseline["max_s"] / faster["min_s"]}
+    return {
+        "median": baseline["median_s"] / faster["median_s"],
+        "min": baseline["min_s"] / faster["max_s"],
+        "max": baseline["max_s"] / faster["min_s"],
+    }
 
 
 def peak_rss_mib() -> float:
@@ -84,7 +87,6 @@ def write_section(device: str, section: str, record: dict[str, Any], path: Path 
         except json.JSONDecodeError as error:
             raise SystemExit(f"{path} is corrupted ({error}); delete it and run `make benchmarks` again.") from None
     existing.update({"schema": SCHEMA, "device": device_description(device)})
-    existing.setdefault("sections", {})[section] = {**record, "provenance": provenance(),
-                                                    "command": " ".join(sys.argv)}
+    existing.setdefault("sections", {})[section] = {**record, "provenance": provenance(), "command": " ".join(sys.argv)}
     atomic_write_text(path, json.dumps(existing, indent=1) + "\n")
     return path

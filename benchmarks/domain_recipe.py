@@ -36,11 +36,17 @@ def run(setting: str, recipes: list[str], overrides: dict) -> list[dict]:
         log = core_nib.run_domain_stage(setup, module, params["anchor_seed"], name)
         seconds = time.perf_counter() - start
         loss = mean_domain_loss(setup.backbone, module, setup.held_out)
-        row = {"setting": setting, "recipe": name, "steps_run": log["steps_run"],
-               "best_step": log["best_step"], "seconds": round(seconds, 1),
-               "s_per_step": round(seconds / max(log["steps_run"], 1), 3),
-               "bare_ppl": float(torch.tensor(bare).exp()), "module_ppl": float(torch.tensor(loss).exp()),
-               "val_curve": [(e["step"], round(e["val_loss"], 4)) for e in log["evaluations"]]}
+        row = {
+            "setting": setting,
+            "recipe": name,
+            "steps_run": log["steps_run"],
+            "best_step": log["best_step"],
+            "seconds": round(seconds, 1),
+            "s_per_step": round(seconds / max(log["steps_run"], 1), 3),
+            "bare_ppl": float(torch.tensor(bare).exp()),
+            "module_ppl": float(torch.tensor(loss).exp()),
+            "val_curve": [(e["step"], round(e["val_loss"], 4)) for e in log["evaluations"]],
+        }
         row["ppl_reduction"] = 1 - row["module_ppl"] / row["bare_ppl"]
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -50,9 +56,12 @@ def run(setting: str, recipes: list[str], overrides: dict) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--plan", default="python-dialect:zero/1e-3,zero/3e-4,xavier/3e-4;python:zero/1e-3;"
-                                          "python-dialect@before_final_norm:zero/1e-3",
-                        help="setting:recipe,recipe;... (settings as in claim 1's `settings` parameter)")
+    parser.add_argument(
+        "--plan",
+        default="python-dialect:zero/1e-3,zero/3e-4,xavier/3e-4;python:zero/1e-3;"
+        "python-dialect@before_final_norm:zero/1e-3",
+        help="setting:recipe,recipe;... (settings as in claim 1's `settings` parameter)",
+    )
     parser.add_argument("--dialect-words", type=int, default=None)
     args = parser.parse_args()
     rows = []

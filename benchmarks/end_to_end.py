@@ -27,10 +27,10 @@ from abi.paths import REPO_ROOT
 from abi.pipeline import BuildLayout, claim_of, is_current, notebook_names, stamp_path
 from benchmarks.common import write_section
 
-TARGET_MINUTES = {"smoke": {"01_core_nib": 2, "02_cross_architecture": 3, "03_objective_ablation": 3,
-                            "04_backbone_invariance": 3},
-                  "cpu": {"01_core_nib": 15, "02_cross_architecture": 20, "03_objective_ablation": 20,
-                          "04_backbone_invariance": 25}}
+TARGET_MINUTES = {
+    "smoke": {"01_core_nib": 2, "02_cross_architecture": 3, "03_objective_ablation": 3, "04_backbone_invariance": 3},
+    "cpu": {"01_core_nib": 15, "02_cross_architecture": 20, "03_objective_ablation": 20, "04_backbone_invariance": 25},
+}
 
 _CHILD = """
 import resource, sys, papermill
@@ -42,14 +42,28 @@ print("PEAK_KIB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 def time_notebook(name: str, profile: str, scratch: Path) -> dict:
     """Run one notebook in a fresh process; its kernel is that process's child."""
-    command = [sys.executable, "-c", _CHILD, str(REPO_ROOT / "notebooks" / f"{name}.ipynb"),
-               str(scratch / f"{name}.ipynb"), profile, str(scratch / "results"), str(REPO_ROOT)]
+    command = [
+        sys.executable,
+        "-c",
+        _CHILD,
+        str(REPO_ROOT / "notebooks" / f"{name}.ipynb"),
+        str(scratch / f"{name}.ipynb"),
+        profile,
+        str(scratch / "results"),
+        str(REPO_ROOT),
+    ]
     start = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - start
     peak = next((int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("PEAK_KIB")), None)
-    record = {"notebook": name, "profile": profile, "wall_s": round(wall, 1), "exit_code": out.returncode,
-              "peak_rss_mib": round(peak / 1024, 1) if peak else None, "source": "measured in this run"}
+    record = {
+        "notebook": name,
+        "profile": profile,
+        "wall_s": round(wall, 1),
+        "exit_code": out.returncode,
+        "peak_rss_mib": round(peak / 1024, 1) if peak else None,
+        "source": "measured in this run",
+    }
     if out.returncode != 0:
         record["error"] = out.stderr[-1500:]
     return record
@@ -75,24 +89,33 @@ def _with_target(record: dict) -> dict:
     wall = record.get("wall_s")
     record["target_s"] = minutes * 60 if minutes else None
     # Report notebooks have no target: None (not False), so the table does not show a miss.
-    record["meets_target"] = None if not minutes else bool(
-        wall is not None and record.get("exit_code", 0) == 0 and wall <= minutes * 60)
+    record["meets_target"] = (
+        None if not minutes else bool(wall is not None and record.get("exit_code", 0) == 0 and wall <= minutes * 60)
+    )
     return record
 
 
 def time_test_suite() -> dict:
     """``pytest`` as ``make test`` runs it after the first install (target: under 10 minutes)."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=REPO_ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     wall = round(time.perf_counter() - start, 1)
     lines = out.stdout.strip().splitlines()
     summary = lines[-1] if lines else ""
     failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
-    return {"notebook": "test suite", "profile": "-", "wall_s": wall, "exit_code": out.returncode,
-            "summary": summary, "failures": failures, "target_s": 600,
-            "meets_target": out.returncode == 0 and wall <= 600,
-            "source": "measured in this run"}
+    return {
+        "notebook": "test suite",
+        "profile": "-",
+        "wall_s": wall,
+        "exit_code": out.returncode,
+        "summary": summary,
+        "failures": failures,
+        "target_s": 600,
+        "meets_target": out.returncode == 0 and wall <= 600,
+        "source": "measured in this run",
+    }
 
 
 def run(profiles: list[str], tests: bool = False) -> dict:

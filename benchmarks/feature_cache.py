@@ -26,8 +26,9 @@ from benchmarks.models import benchmark_backbone
 TARGET_SPEEDUP = 10.0
 
 
-def run(backbone_name: str, device: str, shape_only: bool, batch_windows: int, window_len: int, n_windows: int,
-        repeats: int) -> dict:
+def run(
+    backbone_name: str, device: str, shape_only: bool, batch_windows: int, window_len: int, n_windows: int, repeats: int
+) -> dict:
     backbone = benchmark_backbone(backbone_name, device, shape_only)
     taps = list(range(backbone.n_layers - 5, backbone.n_layers + 1))
     generator = torch.Generator().manual_seed(0)
@@ -67,12 +68,17 @@ def run(backbone_name: str, device: str, shape_only: bool, batch_windows: int, w
     saved = recompute["median_s"] - cached["median_s"]
     speedup = ratio(recompute, cached)
     return {
-        "backbone": backbone.describe()["name"], "shape_only": shape_only, "taps": taps,
+        "backbone": backbone.describe()["name"],
+        "shape_only": shape_only,
+        "taps": taps,
         "batch": {"windows": batch_windows, "window_len": window_len},
         "cache": {"n_windows": n_windows, "build_s": cache_build_s},
-        "cached_step": cached, "recompute_step": recompute, "speedup": speedup,
+        "cached_step": cached,
+        "recompute_step": recompute,
+        "speedup": speedup,
         "break_even_steps": cache_build_s / saved if saved > 0 else None,
-        "target_speedup": TARGET_SPEEDUP, "meets_target": speedup["median"] >= TARGET_SPEEDUP,
+        "target_speedup": TARGET_SPEEDUP,
+        "meets_target": speedup["median"] >= TARGET_SPEEDUP,
     }
 
 
@@ -86,12 +92,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache-windows", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    record = run(args.backbone, args.device, args.shape_only, args.batch_windows, args.window_len,
-                 args.cache_windows, args.repeats)
+    record = run(
+        args.backbone,
+        args.device,
+        args.shape_only,
+        args.batch_windows,
+        args.window_len,
+        args.cache_windows,
+        args.repeats,
+    )
     write_section(args.device, "feature_cache", record)
-    print(f"feature cache: {record['speedup']['median']:.1f}x faster per step "
-          f"(range {record['speedup']['min']:.1f}-{record['speedup']['max']:.1f}), "
-          f"break-even after {record['break_even_steps']:.0f} steps")
+    print(
+        f"feature cache: {record['speedup']['median']:.1f}x faster per step "
+        f"(range {record['speedup']['min']:.1f}-{record['speedup']['max']:.1f}), "
+        f"break-even after {record['break_even_steps']:.0f} steps"
+    )
     return record
 
 

@@ -26,8 +26,10 @@ def benchmark_backbone(name: str, device: str = "cpu", shape_only: bool = False)
     try:
         backbone = load_backbone(name)
     except BackboneUnavailableError as error:
-        raise PrerequisiteError(f"{error}\nRun `make setup` first (it installs and caches the offline models), "
-                                "or pass --shape-only to time a random-weight model of the same shape.") from None
+        raise PrerequisiteError(
+            f"{error}\nRun `make setup` first (it installs and caches the offline models), "
+            "or pass --shape-only to time a random-weight model of the same shape."
+        ) from None
     backbone.model.to(device)
     return backbone
 

@@ -84,8 +84,10 @@ def timed_in_turns(fns: dict[str, tuple[Callable[[], object], int]], turns: int,
                 fn()
                 sync(device)
                 times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "n": len(t)}
-            for name, t in times.items()}
+    return {
+        name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "n": len(t)}
+        for name, t in times.items()
+    }
 
 
 def _max_difference(ours: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> tuple[float, float]:
@@ -101,11 +103,14 @@ def _accuracy(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray], rel
     if max(per_position, means) > TOLERANCE:
         raise AssertionError(f"evaluator and float64 reference differ by {max(per_position, means):.2e} > 1e-6")
     release_position, release_means = _max_difference(release, reference)
-    return {"max_abs_difference": means, "max_abs_difference_per_position": per_position,
-            "release_max_abs_difference": release_means,
-            "release_max_abs_difference_per_position": release_position,
-            # float32 probabilities can round near-tied logits into ties the release then breaks
-            "release_topk_disagreements": {k: int(np.sum(ours[k] != release[k])) for k in ("top1", "top5")}}
+    return {
+        "max_abs_difference": means,
+        "max_abs_difference_per_position": per_position,
+        "release_max_abs_difference": release_means,
+        "release_max_abs_difference_per_position": release_position,
+        # float32 probabilities can round near-tied logits into ties the release then breaks
+        "release_topk_disagreements": {k: int(np.sum(ours[k] != release[k])) for k in ("top1", "top5")},
+    }
 
 
 def measure(vocab: int, positions: int, turns: int, device: str) -> dict:
@@ -118,14 +123,26 @@ def measure(vocab: int, positions: int, turns: int, device: str) -> dict:
     def ours() -> dict[str, torch.Tensor]:
         return nib_position_metrics(dev_a, dev_c)
 
-    accuracy = _accuracy({k: v.cpu().numpy() for k, v in ours().items()}, reference_positions(a64, c64),
-                         release_positions(a32, c32))
-    times = timed_in_turns({"release": (lambda: release_positions(a32, c32), 1),
-                            "reference": (lambda: reference_positions(a64, c64), 1),
-                            "vectorised": (ours, 3)}, turns, device)
-    return {"vocab": vocab, "positions": positions, **accuracy, **times,
-            "speedup": ratio(times["reference"], times["vectorised"]),
-            "speedup_vs_release": ratio(times["release"], times["vectorised"])}
+    accuracy = _accuracy(
+        {k: v.cpu().numpy() for k, v in ours().items()}, reference_positions(a64, c64), release_positions(a32, c32)
+    )
+    times = timed_in_turns(
+        {
+            "release": (lambda: release_positions(a32, c32), 1),
+            "reference": (lambda: reference_positions(a64, c64), 1),
+            "vectorised": (ours, 3),
+        },
+        turns,
+        device,
+    )
+    return {
+        "vocab": vocab,
+        "positions": positions,
+        **accuracy,
+        **times,
+        "speedup": ratio(times["reference"], times["vectorised"]),
+        "speedup_vs_release": ratio(times["release"], times["vectorised"]),
+    }
 
 
 def run(device: str, positions: int, turns: int, vocabs: tuple[int, ...] = VOCABS) -> dict:
@@ -133,16 +150,21 @@ def run(device: str, positions: int, turns: int, vocabs: tuple[int, ...] = VOCAB
     for vocab in vocabs:
         record = measure(vocab, positions, turns, device)
         records.append(record)
-        print(f"NIB at vocabulary {vocab}: {record['speedup_vs_release']['median']:.1f}x the release, "
-              f"{record['speedup']['median']:.1f}x the per-position reference, max |difference| "
-              f"{record['max_abs_difference_per_position']:.1e} per position")
+        print(
+            f"NIB at vocabulary {vocab}: {record['speedup_vs_release']['median']:.1f}x the release, "
+            f"{record['speedup']['median']:.1f}x the per-position reference, max |difference| "
+            f"{record['max_abs_difference_per_position']:.1e} per position"
+        )
     at_targets = [r["speedup_vs_release"]["median"] for r in records if r["vocab"] in TARGET_VOCABS]
-    return {"records": records, "target_speedup_vs_release": TARGET_SPEEDUP_VS_RELEASE,
-            "target_vocabs": list(TARGET_VOCABS),
-            "meets_target": len(at_targets) == len(TARGET_VOCABS) and min(at_targets) >= TARGET_SPEEDUP_VS_RELEASE,
-            "note": "the release algorithm and the per-position reference always run on the CPU (numpy, one "
-                    "thread); the evaluator on --device, on one CPU thread (abi.nib runs its chunks single-"
-                    "threaded). Times are medians over turns; the speed-up range pairs the worst and best cases."}
+    return {
+        "records": records,
+        "target_speedup_vs_release": TARGET_SPEEDUP_VS_RELEASE,
+        "target_vocabs": list(TARGET_VOCABS),
+        "meets_target": len(at_targets) == len(TARGET_VOCABS) and min(at_targets) >= TARGET_SPEEDUP_VS_RELEASE,
+        "note": "the release algorithm and the per-position reference always run on the CPU (numpy, one "
+        "thread); the evaluator on --device, on one CPU thread (abi.nib runs its chunks single-"
+        "threaded). Times are medians over turns; the speed-up range pairs the worst and best cases.",
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -49,8 +49,9 @@ def _fake_features(directory: Path, n: int, t: int, k: int, d: int, vocab: int, 
     return DeviceFeatureSet(directory, windows, tuple(range(1, k + 1)))
 
 
-def measure_point(stage: str, bottleneck: int, taps: int, backbone_name: str, device: str, shape_only: bool,
-                  steps: int) -> dict:
+def measure_point(
+    stage: str, bottleneck: int, taps: int, backbone_name: str, device: str, shape_only: bool, steps: int
+) -> dict:
     """Time one configuration (run in its own process by :func:`_subprocess_point`)."""
     from abi.module import ABIModule, ModuleConfig
     from abi.schedule import PhaseSchedule
@@ -58,8 +59,11 @@ def measure_point(stage: str, bottleneck: int, taps: int, backbone_name: str, de
     from benchmarks.models import benchmark_backbone
 
     backbone = benchmark_backbone(backbone_name, device, shape_only) if stage == "domain" else None
-    d = backbone.d_model if backbone else json.loads((REPO_ROOT / "benchmarks/configs" /
-                                                     f"{backbone_name}.json").read_text())["hidden_size"]
+    d = (
+        backbone.d_model
+        if backbone
+        else json.loads((REPO_ROOT / "benchmarks/configs" / f"{backbone_name}.json").read_text())["hidden_size"]
+    )
     module = ABIModule(ModuleConfig(d, taps, bottleneck), seed=0).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         features = _fake_features(Path(tmp), 16, 128, taps, d, 1000, device)
@@ -72,16 +76,25 @@ def measure_point(stage: str, bottleneck: int, taps: int, backbone_name: str, de
         timing = timed(run, repeats=3, device=device)
     per_step = {k: v / steps for k, v in timing.items() if k.endswith("_s")}
     memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib()
-    return {"stage": stage, "bottleneck": bottleneck, "taps": taps, "per_step": per_step, "peak_memory_mib": memory,
-            "module_parameters": sum(p.numel() for p in module.parameters())}
+    return {
+        "stage": stage,
+        "bottleneck": bottleneck,
+        "taps": taps,
+        "per_step": per_step,
+        "peak_memory_mib": memory,
+        "module_parameters": sum(p.numel() for p in module.parameters()),
+    }
 
 
 def _subprocess_point(**kwargs) -> dict:
     """Each point in a fresh interpreter: its peak memory is not the maximum of earlier points."""
-    code = ("import json, sys; from benchmarks.scaling import measure_point; "
-            "print('RESULT', json.dumps(measure_point(**json.loads(sys.argv[1]))))")
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], cwd=REPO_ROOT, capture_output=True,
-                         text=True, check=False)
+    code = (
+        "import json, sys; from benchmarks.scaling import measure_point; "
+        "print('RESULT', json.dumps(measure_point(**json.loads(sys.argv[1]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(f"scaling point {kwargs} failed:\n{out.stderr[-2000:]}")
     return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[7:])
@@ -113,11 +126,20 @@ def run(backbone: str, device: str, shape_only: bool, steps: int) -> dict:
             points = []
             for value in values:
                 bottleneck, taps = (value, 6) if axis == "bottleneck" else (512, value)
-                point = _subprocess_point(stage=stage, bottleneck=bottleneck, taps=taps, backbone_name=backbone,
-                                          device=device, shape_only=shape_only, steps=steps)
+                point = _subprocess_point(
+                    stage=stage,
+                    bottleneck=bottleneck,
+                    taps=taps,
+                    backbone_name=backbone,
+                    device=device,
+                    shape_only=shape_only,
+                    steps=steps,
+                )
                 points.append(point)
-                print(f"{stage}, {axis}={value}: {point['per_step']['median_s'] * 1000:.1f} ms/step, "
-                      f"{point['peak_memory_mib']:.0f} MiB")
+                print(
+                    f"{stage}, {axis}={value}: {point['per_step']['median_s'] * 1000:.1f} ms/step, "
+                    f"{point['peak_memory_mib']:.0f} MiB"
+                )
             curves[f"{stage}_vs_{axis}"] = points
     fits = {
         name: growth_exponent([p[name.split("_vs_")[1]] for p in pts], [p["per_step"]["median_s"] for p in pts])
@@ -125,8 +147,14 @@ def run(backbone: str, device: str, shape_only: bool, steps: int) -> dict:
     }
     nib = nib_curve(device)
     fits["nib_vs_windows"] = growth_exponent([p["windows"] for p in nib], [p["time"]["median_s"] for p in nib])
-    return {"backbone": backbone, "shape_only": shape_only, "steps_per_point": steps, "curves": curves,
-            "nib_vs_windows": nib, "growth": fits}
+    return {
+        "backbone": backbone,
+        "shape_only": shape_only,
+        "steps_per_point": steps,
+        "curves": curves,
+        "nib_vs_windows": nib,
+        "growth": fits,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -50,15 +50,17 @@ def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 def test_result_verifies_with_one_block_per_backbone(smoke_result: tuple[dict, Path]) -> None:
     loaded = load_result(smoke_result[1])
     assert set(loaded["backbones"]) == {"tiny-llama", "tiny-t5"}
-    conditions = {"B/raw", "B/module", "B/fresh"} | {f"{u}/{k}" for u in ("plain", "protected")
-                                                      for k in ("raw", "zero_shot", "oracle")}
+    conditions = {"B/raw", "B/module", "B/fresh"} | {
+        f"{u}/{k}" for u in ("plain", "protected") for k in ("raw", "zero_shot", "oracle")
+    }
     for name, block in loaded["backbones"].items():
         assert set(block["windows"]["nll"]) == conditions
         assert set(loaded["summary"][name]["efficacy"]["plain"]) == {"ours", "original"}
         assert len(block["windows"]["n_tokens"]) == TINY["eval_windows"]
     assert loaded["backbones"]["tiny-t5"]["window_layout"]["layout"] == "prefix"
-    assert set(loaded["comparisons"]) == {f"{n}/{u}/{k}" for n in ("tiny-llama", "tiny-t5")
-                                          for u in ("plain", "protected") for k in ("module", "raw")}
+    assert set(loaded["comparisons"]) == {
+        f"{n}/{u}/{k}" for n in ("tiny-llama", "tiny-t5") for u in ("plain", "protected") for k in ("module", "raw")
+    }
 
 
 def test_backbone_unchanged_and_updates_are_new_models(smoke_result: tuple[dict, Path]) -> None:
@@ -143,8 +145,9 @@ def test_paired_statistic_ci_resamples_windows_jointly() -> None:
     a = rng.normal(5, 1, 50)
     ci = paired_window_statistic_ci({"a": a, "b": a + 1.0}, lambda d: d["b"].mean(-1) - d["a"].mean(-1), seed=2)
     assert ci.estimate == pytest.approx(1.0) and ci.low == pytest.approx(1.0) and ci.high == pytest.approx(1.0)
-    ratio = paired_window_statistic_ci({"k": [1, 2, 0, 3], "n": [4, 4, 4, 4]},
-                                       lambda d: d["k"].sum(-1) / d["n"].sum(-1))
+    ratio = paired_window_statistic_ci(
+        {"k": [1, 2, 0, 3], "n": [4, 4, 4, 4]}, lambda d: d["k"].sum(-1) / d["n"].sum(-1)
+    )
     assert ratio.estimate == pytest.approx(6 / 16) and 0 <= ratio.low <= ratio.estimate <= ratio.high <= 0.75
     with pytest.raises(ValueError, match="unequal length"):
         paired_window_statistic_ci({"a": [1.0, 2.0], "b": [1.0]}, lambda d: d["a"].mean(-1))
@@ -185,8 +188,11 @@ def test_module_with_taps_beyond_the_model_is_refused(tiny_llama) -> None:
         ({"backbones": ["tiny-llama", "gpt-17"]}, UnknownBackboneError, "Known names"),
         ({"backbones": []}, ValueError, "at least one backbone"),
         ({"taps": [3, 9]}, TapIndexError, r"layers 1\.\.4"),
-        ({"backbone_overrides": {"tiny-t5": {"domain_steps": 0}}}, ValueError,
-         r"'domain_steps' of backbone_invariance \(backbone_overrides\['tiny-t5'\]\) must be at least 1"),
+        (
+            {"backbone_overrides": {"tiny-t5": {"domain_steps": 0}}},
+            ValueError,
+            r"'domain_steps' of backbone_invariance \(backbone_overrides\['tiny-t5'\]\) must be at least 1",
+        ),
         ({"backbone_overrides": {"tiny-t5": {"eval_split": "test"}}}, ValueError, "may override only"),
         ({"bootstrap_resamples": 50}, ValueError, "at least 100"),
         ({"updates": ["protected"]}, ValueError, "must include 'plain'"),
@@ -208,8 +214,9 @@ def test_bad_parameters_fail_in_validate(overrides: dict, error: type, message: 
 def test_diverging_update_stops_and_leaves_results_untouched(tmp_path: Path, monkeypatch) -> None:
     previous = tmp_path / "backbone_invariance.json"
     previous.write_text('{"earlier": "result"}')
-    params = claim.validate("smoke", **{**TINY, "backbones": ["tiny-llama"], "updates": ["plain"],
-                                        "finetune_steps": 4, "finetune_lr": 1e30})
+    params = claim.validate(
+        "smoke", **{**TINY, "backbones": ["tiny-llama"], "updates": ["plain"], "finetune_steps": 4, "finetune_lr": 1e30}
+    )
     setup = prepare(params, "tiny-llama")
 
     def no_more_work(*_args, **_kwargs):
@@ -228,8 +235,9 @@ def test_diverging_update_stops_and_leaves_results_untouched(tmp_path: Path, mon
         ({"prose_eval_windows": 10**6}, CorpusTooShortError, "windows"),
     ],
 )
-def test_too_many_windows_fail_before_feature_extraction(overrides: dict, error: type, message: str,
-                                                         monkeypatch) -> None:
+def test_too_many_windows_fail_before_feature_extraction(
+    overrides: dict, error: type, message: str, monkeypatch
+) -> None:
     def no_long_work(*_args, **_kwargs):
         raise AssertionError("feature extraction started before the input was checked")
 

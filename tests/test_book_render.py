@@ -118,7 +118,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, 
 
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
             args=[*CHROMIUM_FLAGS, OFFLINE_RESOLVER],
         )
         context.route("**/*", gate)

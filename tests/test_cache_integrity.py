@@ -221,9 +221,15 @@ def _fake_dequantize(spec, gguf_path, perturb: bool = False):
 
 
 def _fake_spec(fingerprint: str):
-    return dataclasses.replace(resolve_backbone("tiny-llama"), name="fake-gguf", source="pypi-gguf",
-                               package="fake-gguf==0.0.1", module="fake_gguf", gguf_file="fake.gguf",
-                               fingerprint=fingerprint)
+    return dataclasses.replace(
+        resolve_backbone("tiny-llama"),
+        name="fake-gguf",
+        source="pypi-gguf",
+        package="fake-gguf==0.0.1",
+        module="fake_gguf",
+        gguf_file="fake.gguf",
+        fingerprint=fingerprint,
+    )
 
 
 @pytest.fixture(scope="module")

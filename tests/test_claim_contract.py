@@ -92,11 +92,17 @@ def _matches(derived: Any, stored: Any) -> bool:
     if isinstance(derived, float) and not math.isfinite(derived):
         return stored is None
     if isinstance(derived, dict):
-        return isinstance(stored, dict) and derived.keys() == stored.keys() and all(
-            _matches(derived[k], stored[k]) for k in derived)
+        return (
+            isinstance(stored, dict)
+            and derived.keys() == stored.keys()
+            and all(_matches(derived[k], stored[k]) for k in derived)
+        )
     if isinstance(derived, (list, tuple)):
-        return isinstance(stored, list) and len(derived) == len(stored) and all(
-            _matches(a, b) for a, b in zip(derived, stored))
+        return (
+            isinstance(stored, list)
+            and len(derived) == len(stored)
+            and all(_matches(a, b) for a, b in zip(derived, stored))
+        )
     if isinstance(derived, float):
         return isinstance(stored, (int, float)) and math.isclose(derived, stored, rel_tol=1e-9, abs_tol=1e-12)
     return derived == stored
@@ -208,13 +214,15 @@ def test_reading_results_loads_no_experiment_code() -> None:
     import sys
 
     paths = [str(REPO_ROOT / "results" / f"{claim}.json") for claim in CLAIMS]
-    script = "\n".join([
-        "import sys",
-        "import abi.reports.summary",
-        *(f"import abi.reports.{claim}" for claim in CLAIMS),
-        "from abi.results import load_result",
-        *(f"load_result({path!r})" for path in paths),
-        "loaded = sorted(m for m in sys.modules if m.startswith('abi.experiments.') and not m.endswith('_stats'))",
-        "assert not loaded and 'transformers' not in sys.modules, (loaded, 'transformers' in sys.modules)",
-    ])
+    script = "\n".join(
+        [
+            "import sys",
+            "import abi.reports.summary",
+            *(f"import abi.reports.{claim}" for claim in CLAIMS),
+            "from abi.results import load_result",
+            *(f"load_result({path!r})" for path in paths),
+            "loaded = sorted(m for m in sys.modules if m.startswith('abi.experiments.') and not m.endswith('_stats'))",
+            "assert not loaded and 'transformers' not in sys.modules, (loaded, 'transformers' in sys.modules)",
+        ]
+    )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)

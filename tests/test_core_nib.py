@@ -67,9 +67,14 @@ TINY: dict[str, Any] = {
     "bootstrap_resamples": 200,
 }
 RELEASE_ARMS = {
-    "no_module", "ceiling",
-    "candidate/1", "uncalibrated/1", "random_calibrated/1",
-    "candidate/2", "uncalibrated/2", "random_calibrated/2",
+    "no_module",
+    "ceiling",
+    "candidate/1",
+    "uncalibrated/1",
+    "random_calibrated/1",
+    "candidate/2",
+    "uncalibrated/2",
+    "random_calibrated/2",
 }
 PRE_NORM_ARMS = {"no_module", "ceiling", "candidate/1", "uncalibrated/1", "random_calibrated/1"}
 
@@ -111,8 +116,10 @@ def test_settings_record_their_domain_site_and_seeds(smoke) -> None:
     result, _, params = smoke
     settings = result["settings"]
     assert [(settings[s]["domain"], settings[s]["correction_site"]) for s in SETTINGS] == [
-        ("python", "after_final_norm"), ("python-dialect", "after_final_norm"),
-        ("python-dialect", "before_final_norm")]
+        ("python", "after_final_norm"),
+        ("python-dialect", "after_final_norm"),
+        ("python-dialect", "before_final_norm"),
+    ]
     for setting in RELEASE_SETTINGS:
         assert settings[setting]["candidate_seeds"] == [1, 2]
         assert set(result["setting_stats"][setting]["contrasts"]) == {"1", "2"}
@@ -133,7 +140,8 @@ def test_held_out_windows_come_from_the_test_split_of_each_domain(smoke) -> None
     # The dialect renames words, not files: same paths in the same splits, another corpus.
     assert data["python-dialect"]["split"]["splits"] == {
         name: {**split, "n_chars": data["python-dialect"]["split"]["splits"][name]["n_chars"]}
-        for name, split in data["python"]["split"]["splits"].items()}
+        for name, split in data["python"]["split"]["splits"].items()
+    }
     assert data["python-dialect"]["corpus"]["sha256"] != data["python"]["corpus"]["sha256"]
     assert data["python-dialect"]["corpus"]["source_sha256"] == data["python"]["corpus"]["sha256"]
     dialect = data["python-dialect"]["corpus"]["dialect"]
@@ -226,8 +234,11 @@ def test_row_verdicts_and_claim_verdict_follow_the_rules(smoke) -> None:
     for setting in SETTINGS:
         stats, seeds = result["setting_stats"][setting], result["settings"][setting]["candidate_seeds"]
         n_pass = sum(stats["verdicts"]["held_out_pass_per_seed"][str(s)] == "PASS" for s in seeds)
-        beats = all(stats["contrasts"][str(s)][f"beats_{floor}"]["beats"] for s in seeds
-                    for floor in ("no_module", "uncalibrated", "random_calibrated"))
+        beats = all(
+            stats["contrasts"][str(s)][f"beats_{floor}"]["beats"]
+            for s in seeds
+            for floor in ("no_module", "uncalibrated", "random_calibrated")
+        )
         expected = gated(result["regime_gates"][setting], nib_row_verdict(n_pass, len(seeds), beats))
         assert result["row_verdicts"][setting] == expected
         if not result["regime_gates"][setting]["testable"]:
@@ -235,8 +246,9 @@ def test_row_verdicts_and_claim_verdict_follow_the_rules(smoke) -> None:
     # The claim combines the settings at the release's site only; the pre-norm row is reported beside them.
     assert result["verdict"] == combine(result["row_verdicts"][s] for s in RELEASE_SETTINGS)
     assert core_nib_stats.claim_verdict(result) == result["verdict"]
-    assert core_nib_stats.derive(result) == {key: result[key] for key in
-                                             ("setting_stats", "regime_gates", "row_verdicts", "verdict")}
+    assert core_nib_stats.derive(result) == {
+        key: result[key] for key in ("setting_stats", "regime_gates", "row_verdicts", "verdict")
+    }
 
 
 def test_chapter_tables_and_glue_state_the_stored_verdicts(smoke) -> None:
@@ -391,9 +403,11 @@ def test_tampered_nested_comparison_is_named(result: dict) -> None:
 # -- parameters and set-up ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("setting", "expected"),
-    [("python", ("python", "after_final_norm")),
-     ("python-dialect", ("python-dialect", "after_final_norm")),
-     (PRE_NORM, ("python-dialect", "before_final_norm"))],
+    [
+        ("python", ("python", "after_final_norm")),
+        ("python-dialect", ("python-dialect", "after_final_norm")),
+        (PRE_NORM, ("python-dialect", "before_final_norm")),
+    ],
 )
 def test_parse_setting(setting: str, expected: tuple[str, str]) -> None:
     assert core_nib.parse_setting(setting) == expected

@@ -117,8 +117,7 @@ def test_split_corpus_is_a_disjoint_cover():
 def test_manifest_hash_changes_when_a_file_is_added():
     paths = [f"pkg-1.0/f{i}.py" for i in range(100)]
     before = split_corpus(make_corpus(paths))
-    extra = next(p for p in (f"pkg-1.0/new{i}.py" for i in range(100))
-                 if split_of(p) == "validation")
+    extra = next(p for p in (f"pkg-1.0/new{i}.py" for i in range(100)) if split_of(p) == "validation")
     after = split_corpus(make_corpus([*paths, extra]))
     assert after.manifest_hash("validation") != before.manifest_hash("validation")
     assert after.manifest_hash("train") == before.manifest_hash("train")
@@ -142,7 +141,7 @@ def test_decoder_windows_match_the_stream():
     windows = decoder_windows(stream, starts, 64)
     assert windows.shape == (10, 64) and windows.dtype == torch.long
     for row, start in zip(windows, starts, strict=True):
-        assert row.tolist() == stream[start:start + 64].tolist()
+        assert row.tolist() == stream[start : start + 64].tolist()
 
 
 def test_decoder_windows_reject_out_of_range_starts():
@@ -156,8 +155,8 @@ def test_prefix_lm_windows_shift_labels_right():
     batch = prefix_lm_windows(stream, starts, prefix_len=64, cont_len=64, decoder_start_id=0)
     assert batch.encoder_ids.shape == batch.decoder_input_ids.shape == batch.labels.shape == (5, 64)
     for i, start in enumerate(starts):
-        assert batch.encoder_ids[i].tolist() == stream[start:start + 64].tolist()
-        assert batch.labels[i].tolist() == stream[start + 64:start + 128].tolist()
+        assert batch.encoder_ids[i].tolist() == stream[start : start + 64].tolist()
+        assert batch.labels[i].tolist() == stream[start + 64 : start + 128].tolist()
     assert (batch.decoder_input_ids[:, 0] == 0).all()
     assert torch.equal(batch.decoder_input_ids[:, 1:], batch.labels[:, :-1])
 
@@ -196,8 +195,7 @@ def test_tiled_windows_are_disjoint_and_consecutive():
 
 def test_token_stream_concatenates_in_path_order(gpt2_tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("ABI_CACHE_DIR", str(tmp_path))
-    files = [make_file("b-1/z.py", "def f(x):\n    return x\n"),
-             make_file("a-1/y.py", "import os\nprint('héllo')\n")]
+    files = [make_file("b-1/z.py", "def f(x):\n    return x\n"), make_file("a-1/y.py", "import os\nprint('héllo')\n")]
     stream = token_stream(files, gpt2_tokenizer)
     eos = gpt2_tokenizer.eos_token_id
     expected = []
@@ -266,8 +264,7 @@ def test_fetch_extracts_python_once_and_refetches_damage(tmp_path, monkeypatch):
 
 
 def test_fetch_rejects_an_sdist_that_differs_from_its_pin(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_pip_download",
-                        lambda p, dest: _fake_sdist(dest, p.name, p.version))
+    monkeypatch.setattr(data, "_pip_download", lambda p, dest: _fake_sdist(dest, p.name, p.version))
     with pytest.raises(RuntimeError, match="check the pin"):
         fetch_code_corpus([CorpusPackage("demo", "1.0", "MIT", "0" * 64)], tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -298,7 +295,8 @@ def test_real_code_corpus_and_its_split():
     split = split_corpus(corpus)
     paths = {name: {f.path for f in split.files(name)} for name in SPLITS}
     assert all(paths[name] for name in SPLITS)
-    assert not (paths["train"] & paths["validation"] or paths["train"] & paths["test"]
-                or paths["validation"] & paths["test"])
+    assert not (
+        paths["train"] & paths["validation"] or paths["train"] & paths["test"] or paths["validation"] & paths["test"]
+    )
     assert split.identity() == split_corpus(load_code_corpus()).identity()
     assert split.identity()["corpus_sha256"] == identity["sha256"]

@@ -56,8 +56,9 @@ def test_update_is_deterministic_and_seeded(update, tiny_llama, windows):
     again = finetune_backbone(tiny_llama, windows, CONFIG, cache=False)
     assert again.backbone.fingerprint() == run.backbone.fingerprint()
     assert again.losses == run.losses
-    other = finetune_backbone(tiny_llama, windows, FinetuneConfig(steps=3, lr=1e-3, batch_windows=2, seed=1),
-                              cache=False)
+    other = finetune_backbone(
+        tiny_llama, windows, FinetuneConfig(steps=3, lr=1e-3, batch_windows=2, seed=1), cache=False
+    )
     assert other.backbone.fingerprint() != run.backbone.fingerprint()
 
 
@@ -112,9 +113,12 @@ def test_interrupted_update_resumes_to_the_same_weights(tiny_llama, windows, tmp
 def test_protected_update_adds_its_term_and_keeps_taps_closer(tiny_llama, windows):
     taps = (3, 4)
     plain = finetune_backbone(tiny_llama, windows, FinetuneConfig(steps=4, lr=3e-3, batch_windows=2), cache=False)
-    protected = finetune_backbone(tiny_llama, windows, FinetuneConfig(steps=4, lr=3e-3, batch_windows=2,
-                                                                       protect_weight=1e3, protect_taps=taps),
-                                  cache=False)
+    protected = finetune_backbone(
+        tiny_llama,
+        windows,
+        FinetuneConfig(steps=4, lr=3e-3, batch_windows=2, protect_weight=1e3, protect_taps=taps),
+        cache=False,
+    )
     assert plain.protect_losses == [0.0] * 4
     assert protected.protect_losses[0] == 0.0  # identical weights at step 0 (Llama has no dropout)
     assert all(value > 0 for value in protected.protect_losses[1:])
@@ -136,8 +140,12 @@ def test_encoder_decoder_update(random_ids):
     labels = ids[:, 16:]
     decoder = torch.cat([torch.full((8, 1), t5.pad_token_id), labels[:, :-1]], dim=1)
     t5_windows = Windows.prefix_lm(ids[:, :16], decoder, labels)
-    run = finetune_backbone(t5, t5_windows, FinetuneConfig(steps=2, lr=1e-3, batch_windows=2, protect_weight=1.0,
-                                                          protect_taps=(3, 4)), cache=False)
+    run = finetune_backbone(
+        t5,
+        t5_windows,
+        FinetuneConfig(steps=2, lr=1e-3, batch_windows=2, protect_weight=1.0, protect_taps=(3, 4)),
+        cache=False,
+    )
     assert t5.fingerprint(recompute=True) == before
     assert run.backbone.fingerprint() != before and run.backbone.is_encoder_decoder
     assert all(math.isfinite(v) for v in run.losses + run.protect_losses)
@@ -169,8 +177,9 @@ def test_bad_configuration_is_rejected(kwargs: dict, message: str) -> None:
 
 def test_protected_taps_outside_the_model_fail_before_training(tiny_llama, windows, tmp_path):
     with pytest.raises(TapIndexError, match=r"layers 1\.\.4"):
-        finetune_backbone(tiny_llama, windows, FinetuneConfig(steps=2, protect_weight=1.0, protect_taps=(9,)),
-                          root=tmp_path)
+        finetune_backbone(
+            tiny_llama, windows, FinetuneConfig(steps=2, protect_weight=1.0, protect_taps=(9,)), root=tmp_path
+        )
     assert _files(tmp_path) == []
 
 

@@ -60,9 +60,15 @@ def _float64_reference(a: torch.Tensor, c: torch.Tensor) -> dict[str, torch.Tens
         (x1, xs), (y1, ys) = _top_by_index(x, k), _top_by_index(y, k)
         top1.append(float(x1 == y1))
         top5.append(len(xs & ys) / k)
-    return {"js": h_m - 0.5 * (h_p + h_q), "top1": torch.tensor(top1, dtype=torch.float64),
-            "top5": torch.tensor(top5, dtype=torch.float64), "entropy_diff": (h_p - h_q).abs(),
-            "kl_ac": -h_p - cross, "entropy_anchor": h_p, "entropy_candidate": h_q}
+    return {
+        "js": h_m - 0.5 * (h_p + h_q),
+        "top1": torch.tensor(top1, dtype=torch.float64),
+        "top5": torch.tensor(top5, dtype=torch.float64),
+        "entropy_diff": (h_p - h_q).abs(),
+        "kl_ac": -h_p - cross,
+        "entropy_anchor": h_p,
+        "entropy_candidate": h_q,
+    }
 
 
 def _assert_matches_reference(a: torch.Tensor, c: torch.Tensor, tol: float) -> dict[str, torch.Tensor]:
@@ -150,9 +156,7 @@ def test_matches_scipy_reference(dtype: torch.dtype) -> None:
         q = torch.softmax(c[i].double(), -1).numpy()
         assert float(out["js"][i]) == pytest.approx(jensenshannon(p, q) ** 2, abs=TOL[dtype])
         assert float(out["kl_ac"][i]) == pytest.approx(entropy(p, q), abs=TOL[dtype])
-        assert float(out["entropy_diff"][i]) == pytest.approx(
-            abs(entropy(p) - entropy(q)), abs=TOL[dtype]
-        )
+        assert float(out["entropy_diff"][i]) == pytest.approx(abs(entropy(p) - entropy(q)), abs=TOL[dtype])
 
 
 def test_wide_vocab_is_chunked_and_matches_float64_reference(monkeypatch) -> None:
@@ -397,9 +401,7 @@ def test_official_nib_identical_passes_and_is_json() -> None:
     logits = torch.randn(5, 64, 40)
     result = official_nib(logits, logits.clone(), protocol)
     assert result["verdict"] == "PASS" and all(result["pass"].values())
-    assert result["summary"] == pytest.approx(
-        {"js": 0.0, "top1": 1.0, "top5": 1.0, "entropy_diff": 0.0}, abs=1e-7
-    )
+    assert result["summary"] == pytest.approx({"js": 0.0, "top1": 1.0, "top5": 1.0, "entropy_diff": 0.0}, abs=1e-7)
     assert result["n_positions"] == 5 * 59
     assert sum(result["per_window"]["n_positions"]) == result["n_positions"]
     json.dumps(result)

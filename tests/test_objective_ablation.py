@@ -74,7 +74,8 @@ def test_lr_is_chosen_on_validation_windows_per_objective(pipeline) -> None:
         chosen = next(g for g in selection["grid"] if g["lr"] == selection["best_lr"])
         assert chosen["validation_top5"] == best
         assert {r["lr"] for k, r in result["training"]["runs"].items() if k.startswith(f"{name}/")} == {
-            selection["best_lr"]}
+            selection["best_lr"]
+        }
         for record in result["sweep"][name]:
             assert len(record["validation"]["top5"]) == TINY["validation_windows"]
         # The sweep ran on seed 1's candidate with seed 1's batches: its chosen run is seed 1's reported run.
@@ -98,7 +99,8 @@ def test_rolling_loss_matches_calibrate(pipeline) -> None:
     result = pipeline[2]
     for run in result["training"]["runs"].values():
         assert best_rolling_loss(run["losses"], TINY["rolling_window"]) == pytest.approx(
-            run["best_rolling_loss_logged"], rel=1e-12)
+            run["best_rolling_loss_logged"], rel=1e-12
+        )
 
 
 def test_final_hidden_mse_coincides_with_corr_mse(pipeline) -> None:
@@ -150,9 +152,12 @@ def test_official_protocol_section_when_asked(pipeline, tmp_path: Path) -> None:
     small.official = setup.held_out  # the code path of the official protocol, on small windows
     kept = ("corr_mse", "kl_logits")
     few = objective_ablation.Arms(
-        anchor=arms.anchor, uncalibrated=arms.uncalibrated, runs={k: arms.runs[k] for k in kept},
+        anchor=arms.anchor,
+        uncalibrated=arms.uncalibrated,
+        runs={k: arms.runs[k] for k in kept},
         sweep={k: arms.sweep[k] for k in kept},
-        logs={**arms.logs, "runs": {k: v for k, v in arms.logs["runs"].items() if k.split("/")[0] in kept}})
+        logs={**arms.logs, "runs": {k: v for k, v in arms.logs["runs"].items() if k.split("/")[0] in kept}},
+    )
     result = objective_ablation.build_result(small, few, objective_ablation.evaluate_arms(small, few))
     assert set(result["official"]) == set(result["comparisons"])
     load_result(write_result(tmp_path / "official.json", result))
@@ -160,8 +165,14 @@ def test_official_protocol_section_when_asked(pipeline, tmp_path: Path) -> None:
 
 def test_sweep_on_a_separate_seed_has_its_own_candidate_and_batches(pipeline) -> None:
     setup = copy.copy(pipeline[0])
-    setup.params = {**setup.params, "objectives": ["corr_mse"], "candidate_seeds": [1], "sweep_seed": 7,
-                    "calibration_steps": 4, "lr_grid": [5e-3, 1e-2]}
+    setup.params = {
+        **setup.params,
+        "objectives": ["corr_mse"],
+        "candidate_seeds": [1],
+        "sweep_seed": 7,
+        "calibration_steps": 4,
+        "lr_grid": [5e-3, 1e-2],
+    }
     arms = objective_ablation.train_arms(setup)
     assert set(arms.logs["domain"]) == {"anchor", "candidate/1", "candidate/7"}
     assert arms.logs["sweep_reused_as_seed"] is None
@@ -236,7 +247,15 @@ def test_profiles_share_claim_1_set_up() -> None:
 
     for profile in ("smoke", "cpu", "paper"):
         mine, claim1 = claim_profiles("objective_ablation")[profile], claim_profiles("core_nib")[profile]
-        for key in ("backbone", "anchor_taps", "candidate_taps", "anchor_bottleneck", "candidate_bottleneck",
-                    "domain_steps", "domain_lr", "anchor_seed"):
+        for key in (
+            "backbone",
+            "anchor_taps",
+            "candidate_taps",
+            "anchor_bottleneck",
+            "candidate_bottleneck",
+            "domain_steps",
+            "domain_lr",
+            "anchor_seed",
+        ):
             assert mine[key] == claim1[key]
     assert len(claim_profiles("objective_ablation")["cpu"]["candidate_seeds"]) >= 3

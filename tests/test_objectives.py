@@ -181,8 +181,11 @@ def test_logit_objectives_work_through_a_real_frozen_head(tiny_llama, tensors):
 
 # -- bad input ------------------------------------------------------------------------------------
 def test_unknown_name_lists_the_known_objectives():
-    with pytest.raises(ValueError, match=r"unknown calibration objective 'kl_raw'; known objectives: corr_mse, "
-                                         r"cosine_corr, curriculum_corr_mse, final_hidden_mse, kl_logits"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown calibration objective 'kl_raw'; known objectives: corr_mse, "
+        r"cosine_corr, curriculum_corr_mse, final_hidden_mse, kl_logits",
+    ):
         make_objective("kl_raw")
     with pytest.raises(ValueError, match="known objectives"):
         get_objective("nope")
@@ -214,8 +217,9 @@ def test_bound_hyper_parameters_are_used_and_the_registry_is_untouched(tensors):
     assert OBJECTIVES["kl_logits"].resolved_hyper() == {"temperature": 1.0}
     assert hot.describe()["hyper"] == {"temperature": 4.0} and hot.describe()["needs_head"]
     ctx = _context(final, ScaledHead())
-    assert hot(candidate, target, **ctx).item() != pytest.approx(get_objective("kl_logits")(candidate, target,
-                                                                                            **ctx).item())
+    assert hot(candidate, target, **ctx).item() != pytest.approx(
+        get_objective("kl_logits")(candidate, target, **ctx).item()
+    )
 
 
 def test_missing_context_says_what_is_needed(tensors):
@@ -241,12 +245,25 @@ def test_objectives_plug_into_calibrate(tiny_llama, tmp_path):
     for name in OBJECTIVES:
         objective = get_objective(name)
         module = ABIModule(ModuleConfig(64, 2, 16), seed=1)
-        log = calibrate(module, features, targets, PhaseSchedule.constant(3, 1e-3), objective=objective,
-                        batch_windows=2, rolling_window=2, backbone=tiny_llama if objective.needs_head else None)
+        log = calibrate(
+            module,
+            features,
+            targets,
+            PhaseSchedule.constant(3, 1e-3),
+            objective=objective,
+            batch_windows=2,
+            rolling_window=2,
+            backbone=tiny_llama if objective.needs_head else None,
+        )
         assert len(log.losses) == 3 and all(math.isfinite(x) for x in log.losses)
     with pytest.raises(ValueError, match="pass the backbone"):
-        calibrate(ABIModule(ModuleConfig(64, 2, 16)), features, targets, PhaseSchedule.constant(3, 1e-3),
-                  objective=make_objective("kl_logits", temperature=2.0))
+        calibrate(
+            ABIModule(ModuleConfig(64, 2, 16)),
+            features,
+            targets,
+            PhaseSchedule.constant(3, 1e-3),
+            objective=make_objective("kl_logits", temperature=2.0),
+        )
 
 
 def test_objective_is_a_plain_callable_module_free():

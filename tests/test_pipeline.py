@@ -20,7 +20,8 @@ FAKE_TREE = {
     "abi/claims/__init__.py": (
         "import importlib\nimport pkgutil\n\n"
         "for info in pkgutil.iter_modules(__path__):\n"
-        "    importlib.import_module(f'{__name__}.{info.name}')\n"),
+        "    importlib.import_module(f'{__name__}.{info.name}')\n"
+    ),
     "abi/claims/first.py": "from .helpers import scale\n\nFACTOR = scale(2)\n",
     "abi/claims/helpers.py": "def scale(x):\n    return 3 * x\n",
     "abi/core.py": (
@@ -28,11 +29,12 @@ FAKE_TREE = {
         "def verdict(x):\n"
         '    """Lazy: only a call imports the report."""\n'
         "    from abi.reports.lazy import threshold\n\n"
-        "    return x > threshold()  # strict\n"),
+        "    return x > threshold()  # strict\n"
+    ),
     "abi/reports/__init__.py": "",
     "abi/reports/lazy.py": "def threshold():\n    return 0.5\n",
     "abi/reports/summary.py": "import importlib\n\n\ndef rows(claim):\n"
-                              "    return importlib.import_module(f'abi.reports.{claim}')\n",
+    "    return importlib.import_module(f'abi.reports.{claim}')\n",
     "abi/reports/tables.py": "TABLE = 1\n",
     "abi/store/__init__.py": "from pathlib import Path\n\nWEIGHTS = Path(__file__).parent / 'weights'\n",
     "abi/store/weights/w.bin": "\x00\x01",
@@ -42,8 +44,12 @@ FAKE_TREE = {
 
 def _notebook(*cells: str) -> str:
     """A minimal notebook whose code cells are ``cells``."""
-    return json.dumps({"cells": [{"cell_type": "code", "source": cell} for cell in cells]
-                       + [{"cell_type": "markdown", "source": "from abi import unrelated"}]})
+    return json.dumps(
+        {
+            "cells": [{"cell_type": "code", "source": cell} for cell in cells]
+            + [{"cell_type": "markdown", "source": "from abi import unrelated"}]
+        }
+    )
 
 
 @pytest.fixture
@@ -54,8 +60,9 @@ def fake_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (tmp_path / rel).write_text(text)
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    (notebooks / "01_core.ipynb").write_text(_notebook("%matplotlib inline\n!ls\nfrom abi import core\nx = 1?",
-                                                       "import abi.claims\nimport abi.store"))
+    (notebooks / "01_core.ipynb").write_text(
+        _notebook("%matplotlib inline\n!ls\nfrom abi import core\nx = 1?", "import abi.claims\nimport abi.store")
+    )
     (notebooks / "90_summary.ipynb").write_text(_notebook("from abi.reports.summary import rows"))
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path)
@@ -125,8 +132,17 @@ def test_files_outside_the_graph_do_not_count(fake_repo: Path):
     assert _hash() == before
 
 
-@pytest.mark.parametrize("debris", ["abi/.core.py.swp", "abi/core.py~", "abi/.#core.py", "abi/#core.py#",
-                                    "abi/__pycache__/core.cpython-311.pyc", "abi/store/weights/.w.bin.swp"])
+@pytest.mark.parametrize(
+    "debris",
+    [
+        "abi/.core.py.swp",
+        "abi/core.py~",
+        "abi/.#core.py",
+        "abi/#core.py#",
+        "abi/__pycache__/core.cpython-311.pyc",
+        "abi/store/weights/.w.bin.swp",
+    ],
+)
 def test_editor_debris_does_not_count_without_git(fake_repo: Path, debris: str):
     before = _hash()
     (fake_repo / debris).parent.mkdir(parents=True, exist_ok=True)

@@ -64,8 +64,17 @@ def test_without_improvement_the_stage_stops_early_and_restores_the_start(tiny_l
 
     module = ABIModule(CANDIDATE, seed=4)
     initial_loss = mean_domain_loss(tiny_llama, module, validation)
-    log = train_domain_stage(module, tiny_llama, features, steps=50, lr=1e-2, batch_windows=2, seed=0,
-                             validation=validation, plateau=PlateauRule(every=2, patience=2, min_delta=0.9))
+    log = train_domain_stage(
+        module,
+        tiny_llama,
+        features,
+        steps=50,
+        lr=1e-2,
+        batch_windows=2,
+        seed=0,
+        validation=validation,
+        plateau=PlateauRule(every=2, patience=2, min_delta=0.9),
+    )
     assert len(log.losses) == 4, "two evaluations without improvement after step 0, at steps 2 and 4"
     assert [e["step"] for e in log.evaluations] == [0, 2, 4]
     assert log.best_step == 0 and log.best_val_loss == pytest.approx(initial_loss, rel=1e-6)
@@ -77,8 +86,17 @@ def test_without_improvement_the_stage_stops_early_and_restores_the_start(tiny_l
 
 def test_improving_stage_runs_to_the_end_and_keeps_the_best_evaluated_state(tiny_llama, features, validation) -> None:
     module = ABIModule(CANDIDATE, seed=5)
-    log = train_domain_stage(module, tiny_llama, features, steps=5, lr=3e-3, batch_windows=2, seed=0,
-                             validation=validation, plateau=PlateauRule(every=2, patience=100, min_delta=0.0))
+    log = train_domain_stage(
+        module,
+        tiny_llama,
+        features,
+        steps=5,
+        lr=3e-3,
+        batch_windows=2,
+        seed=0,
+        validation=validation,
+        plateau=PlateauRule(every=2, patience=100, min_delta=0.0),
+    )
     assert len(log.losses) == 5
     assert [e["step"] for e in log.evaluations] == [0, 2, 4, 5], "step 0, every 2 steps, and the last step"
     losses = {e["step"]: e["val_loss"] for e in log.evaluations}
@@ -89,8 +107,19 @@ def test_improving_stage_runs_to_the_end_and_keeps_the_best_evaluated_state(tiny
 
 def test_plateau_stage_is_deterministic(tiny_llama, features, validation) -> None:
     rule = PlateauRule(every=1, patience=1, min_delta=0.0)
-    logs = [train_domain_stage(ABIModule(CANDIDATE, seed=6), tiny_llama, features, steps=3, lr=3e-3, seed=1,
-                               validation=validation, plateau=rule) for _ in "ab"]
+    logs = [
+        train_domain_stage(
+            ABIModule(CANDIDATE, seed=6),
+            tiny_llama,
+            features,
+            steps=3,
+            lr=3e-3,
+            seed=1,
+            validation=validation,
+            plateau=rule,
+        )
+        for _ in "ab"
+    ]
     assert logs[0].evaluations == logs[1].evaluations and logs[0].best_step == logs[1].best_step
 
 
@@ -114,8 +143,10 @@ def test_first_refuses_counts_outside_the_cache(features, n: int) -> None:
 
 # -- effect positions -------------------------------------------------------------------------------------
 def test_effect_window_metrics_gives_a_window_without_effect_positions_weight_zero() -> None:
-    metrics = {"top1": torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]),
-               "js": torch.tensor([[0.1, 0.3, 0.5, 0.7], [9.0, 9.0, 9.0, 9.0]])}
+    metrics = {
+        "top1": torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]),
+        "js": torch.tensor([[0.1, 0.3, 0.5, 0.7], [9.0, 9.0, 9.0, 9.0]]),
+    }
     mask = torch.tensor([[True, True, False, False], [False, False, False, False]])
     out = effect_window_metrics(metrics, mask)
     assert out["n_positions"].tolist() == [2, 0] and out["n_positions"].dtype == np.int64
@@ -130,8 +161,9 @@ def test_effect_positions_are_where_the_reference_changes_the_top1(tiny_llama, f
     reference = ABIModule(CANDIDATE, seed=9)  # random output projection: changes many top-1 tokens
     zero = ABIModule(CANDIDATE, seed=9)
     torch.nn.init.zeros_(zero.proj_out.weight)  # adds nothing: the bare backbone
-    _, scores = score_variants(tiny_llama, features, reference, {"bare": None, "self": reference, "zero": zero},
-                               skip=2, effect_positions=True)
+    _, scores = score_variants(
+        tiny_llama, features, reference, {"bare": None, "self": reference, "zero": zero}, skip=2, effect_positions=True
+    )
     bare, same = scores["bare"], scores["self"]
     for variant in scores.values():
         assert variant.effect_per_window.keys() == variant.per_window.keys()

@@ -72,8 +72,18 @@ def test_out_of_range_values_are_named(overrides: dict, message: str) -> None:
 
 # -- a notebook's namespace as its parameters -------------------------------------------------------------
 def test_notebook_parameters_are_the_plain_public_globals() -> None:
-    namespace = {"profile": "smoke", "calibration_steps": 8, "backbone": None, "pd": pytest, "Path": Path,
-                 "start_run": start_run, "_": 3, "_i1": "profile = 'smoke'", "In": ["", "x = 1"], "Out": {1: 2}}
+    namespace = {
+        "profile": "smoke",
+        "calibration_steps": 8,
+        "backbone": None,
+        "pd": pytest,
+        "Path": Path,
+        "start_run": start_run,
+        "_": 3,
+        "_i1": "profile = 'smoke'",
+        "In": ["", "x = 1"],
+        "Out": {1: 2},
+    }
     assert notebook_parameters(namespace) == {"profile": "smoke", "calibration_steps": 8, "backbone": None}
 
 
@@ -91,7 +101,8 @@ def test_start_run_refuses_a_results_dir_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_start_run_returns_the_parameters_and_the_folder(tmp_path: Path) -> None:
-    params, out_dir = start_run(core_nib.validate, {"profile": "smoke", "results_dir": str(tmp_path / "out"),
-                                                     "calibration_steps": 8})
+    params, out_dir = start_run(
+        core_nib.validate, {"profile": "smoke", "results_dir": str(tmp_path / "out"), "calibration_steps": 8}
+    )
     assert params["calibration_steps"] == 8 and params["profile"] == "smoke"
     assert out_dir == tmp_path / "out" and (out_dir / "figures").is_dir()

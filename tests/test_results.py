@@ -34,31 +34,49 @@ def _comparison(rng: np.random.Generator, n_windows: int = 12, level: float = 0.
         "n_positions": rng.integers(50, 100, n_windows).tolist(),
     }
     nll = {"sum": rng.uniform(100, 200, n_windows).tolist(), "n_tokens": per_window["n_positions"]}
-    comparison = {"reference": "anchor", "per_window": per_window, "nll": nll,
-                  **derive_comparison(per_window, nll, BOOT)}
+    comparison = {
+        "reference": "anchor",
+        "per_window": per_window,
+        "nll": nll,
+        **derive_comparison(per_window, nll, BOOT),
+    }
     if effect:  # effect positions: a subset of each window's positions, none at all in the first window
         counts = [0] + rng.integers(1, 20, n_windows - 1).tolist()
         comparison["effect_per_window"] = {
-            **{k: [0.0 if n == 0 else v * 0.9 for v, n in zip(values, counts)]
-               for k, values in per_window.items() if k != "n_positions"},
+            **{
+                k: [0.0 if n == 0 else v * 0.9 for v, n in zip(values, counts)]
+                for k, values in per_window.items()
+                if k != "n_positions"
+            },
             "n_positions": counts,
         }
     return comparison
 
 
 def _setting(rng: np.random.Generator, seeds: tuple[int, ...], site: str, doses: tuple[int, ...] = ()) -> dict:
-    names = ["no_module", "ceiling"] + [f"{g}/{s}" for s in seeds for g in ("candidate", "uncalibrated",
-                                                                           "random_calibrated")]
+    names = ["no_module", "ceiling"] + [
+        f"{g}/{s}" for s in seeds for g in ("candidate", "uncalibrated", "random_calibrated")
+    ]
     comparisons = {n: _comparison(rng, level=0.95 if n.startswith("candidate") else 0.5, effect=True) for n in names}
     official = {n: _comparison(rng) for n in names}
     dose_names = [f"{arm}/{d}/{s}" for d in doses for s in seeds for arm in ("trained", "untrained")]
     dose_names += [f"uncalibrated/{s}" for s in seeds] if doses else []
     dose = {n: _comparison(rng, n_windows=4) for n in dose_names}
-    anchor_nll = {split: {"sum": rng.uniform(20, 40, 12).tolist(), "n_tokens": [75] * 12}
-                  for split in ("held_out", "official")}  # perplexity about 1.6, the bare backbone's about 7
-    return {"domain": "python", "correction_site": site, "candidate_seeds": list(seeds), "data": {},
-            "anchor_nll": anchor_nll, "comparisons": comparisons, "official": official, "dose_response": dose,
-            "diagnostics": {}, "training": {}}
+    anchor_nll = {
+        split: {"sum": rng.uniform(20, 40, 12).tolist(), "n_tokens": [75] * 12} for split in ("held_out", "official")
+    }  # perplexity about 1.6, the bare backbone's about 7
+    return {
+        "domain": "python",
+        "correction_site": site,
+        "candidate_seeds": list(seeds),
+        "data": {},
+        "anchor_nll": anchor_nll,
+        "comparisons": comparisons,
+        "official": official,
+        "dose_response": dose,
+        "diagnostics": {},
+        "training": {},
+    }
 
 
 def synthetic_core_nib(seeds=(1, 2)) -> dict:
@@ -97,8 +115,10 @@ def test_round_trip_verifies(tmp_path: Path) -> None:
     assert loaded["regime_gates"]["python"]["testable"] is True
     assert loaded["row_verdicts"] == {"python": "reproduced", "python@before_final_norm": "reproduced"}
     assert loaded["verdict"] == "reproduced"
-    assert set(stats["python"]["dose_response"]["doses"]) == {"2"} and stats["python@before_final_norm"][
-        "dose_response"] == {}
+    assert (
+        set(stats["python"]["dose_response"]["doses"]) == {"2"}
+        and stats["python@before_final_norm"]["dose_response"] == {}
+    )
 
 
 def test_tampered_summary_is_named(tmp_path: Path) -> None:

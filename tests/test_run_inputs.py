@@ -37,8 +37,15 @@ def test_loaded_backbone_checks_the_window(tiny_llama) -> None:
 
 
 def test_parameter_discovery() -> None:
-    params = {"backbone": "a", "backbones": ["b"], "pairs": ["c -> d"], "window_len": 64, "eval_window_len": 32,
-              "n_windows": 3, "protocol": "faq"}
+    params = {
+        "backbone": "a",
+        "backbones": ["b"],
+        "pairs": ["c -> d"],
+        "window_len": 64,
+        "eval_window_len": 32,
+        "n_windows": 3,
+        "protocol": "faq",
+    }
     assert backbone_names(params) == ["a", "b", "c", "d"]
     assert window_parameters(params) == {"window_len": 64, "eval_window_len": 32}
 
@@ -69,10 +76,17 @@ def test_results_dir_unwritable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_start_run_reads_the_namespace(tmp_path: Path) -> None:
     import os
 
-    namespace = {"profile": "smoke", "results_dir": str(tmp_path), "calibration_steps": 8, "os": os,
-                 "Path": Path, "_": "", "In": [""], "Out": {}}
-    assert notebook_parameters(namespace) == {"profile": "smoke", "results_dir": str(tmp_path),
-                                              "calibration_steps": 8}
+    namespace = {
+        "profile": "smoke",
+        "results_dir": str(tmp_path),
+        "calibration_steps": 8,
+        "os": os,
+        "Path": Path,
+        "_": "",
+        "In": [""],
+        "Out": {},
+    }
+    assert notebook_parameters(namespace) == {"profile": "smoke", "results_dir": str(tmp_path), "calibration_steps": 8}
     from abi.experiments import core_nib
 
     params, out_dir = start_run(core_nib.validate, namespace)
@@ -88,9 +102,12 @@ def test_notebook_refuses_a_misspelled_parameter(notebook: str, tmp_path: Path) 
 
     with pytest.raises(papermill.PapermillExecutionError, match="unknown parameter 'fooo'"):
         papermill.execute_notebook(
-            str(REPO / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
+            str(REPO / "notebooks" / f"{notebook}.ipynb"),
+            str(tmp_path / "out.ipynb"),
             parameters={"profile": "smoke", "results_dir": str(tmp_path / "results"), "fooo": 1},
-            progress_bar=False, kernel_name="python3", cwd=str(REPO),
+            progress_bar=False,
+            kernel_name="python3",
+            cwd=str(REPO),
         )
     assert not list((tmp_path / "results").glob("*.json"))  # nothing written
     executed = json.loads((tmp_path / "out.ipynb").read_text())

@@ -93,9 +93,7 @@ def test_naive_token_ci_is_too_narrow_for_clustered_data() -> None:
     values = _clustered(40, 100, window_sd=1.0, seed=4)
     naive = naive_token_ci(values.ravel())
     z = sps.norm.ppf(0.975)
-    assert naive.high - naive.estimate == pytest.approx(
-        z * values.std(ddof=1) / math.sqrt(values.size)
-    )
+    assert naive.high - naive.estimate == pytest.approx(z * values.std(ddof=1) / math.sqrt(values.size))
     clustered = window_bootstrap_ci(values.mean(axis=1), np.full(40, 100))
     assert clustered.estimate == pytest.approx(naive.estimate)
     assert (clustered.high - clustered.low) > 3 * (naive.high - naive.low)

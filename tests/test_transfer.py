@@ -112,8 +112,10 @@ def test_interface_maps_refuse_states_of_other_sentences() -> None:
 
 
 # -- shared sentences and pooled states -------------------------------------------------------------------
-FILES = [CorpusFile(f"pkg-1.0/m{i}.py", "pkg", "".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(8)),
-                    "0") for i in range(3)]
+FILES = [
+    CorpusFile(f"pkg-1.0/m{i}.py", "pkg", "".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(8)), "0")
+    for i in range(3)
+]
 
 
 def test_shared_text_is_seeded_and_comes_from_the_files() -> None:
@@ -138,8 +140,9 @@ def test_mismatched_sentence_sets_are_refused(tiny_llama) -> None:
     text = draw_shared_text(FILES, 6, 40, 30, seed=0)
     other = SharedText(text.contexts[:5], text.sentences[:5])
     with pytest.raises(SentenceMismatchError, match="differ"):
-        check_paired(tokenize_shared(text, tiny_llama.tokenizer, "a"),
-                     tokenize_shared(other, tiny_llama.tokenizer, "b"))
+        check_paired(
+            tokenize_shared(text, tiny_llama.tokenizer, "a"), tokenize_shared(other, tiny_llama.tokenizer, "b")
+        )
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5"])
@@ -196,8 +199,14 @@ def test_interface_kd_changes_only_the_interface(tiny_llama, kd_setup, head_dtyp
     features, corrections = kd_setup
     student = migrate_module(ABIModule(ModuleConfig(64, 1, 16, per_tap_norm=False), seed=2), 64, None, seed=3)
     domain, proj_in = parameter_hash(student.domain_parameters()), student.proj_in.weight.clone()
-    log = kd_calibrate(student, corrections, tiny_llama, features, KDConfig(steps=4, lr=1e-2, positions=8,
-                       head_dtype=head_dtype), seed=0)
+    log = kd_calibrate(
+        student,
+        corrections,
+        tiny_llama,
+        features,
+        KDConfig(steps=4, lr=1e-2, positions=8, head_dtype=head_dtype),
+        seed=0,
+    )
     assert parameter_hash(student.domain_parameters()) == domain
     assert log.to_dict()["frozen_unchanged"] and len(log.losses) == 4
     assert not torch.equal(student.proj_in.weight, proj_in)
@@ -228,7 +237,8 @@ def test_low_precision_head_is_close_to_the_float32_head(tiny_llama) -> None:
     assert fast.dtype == torch.float32 and fast.shape == exact.shape
     assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
     assert tiny_llama.head(hidden, dtype=torch.bfloat16) is not fast and torch.equal(
-        tiny_llama.head(hidden, dtype=torch.bfloat16), fast)
+        tiny_llama.head(hidden, dtype=torch.bfloat16), fast
+    )
 
 
 def test_bos_prefix_is_prepended_and_dropped(tiny_llama, random_ids) -> None:

@@ -103,17 +103,23 @@ def test_figure_is_stamped_with_its_name(tmp_path: Path) -> None:
 
 def test_missing_figure_fails(results_dir: Path) -> None:
     (results_dir / "figures" / "core_nib_arms.png").unlink()
-    assert _failures(results_dir) == [f"{results_dir}/figures/core_nib_arms.png: missing; the book shows it "
-                                      f"({declared_figures()['core_nib_arms']}): re-run the notebook that draws it."]
+    assert _failures(results_dir) == [
+        f"{results_dir}/figures/core_nib_arms.png: missing; the book shows it "
+        f"({declared_figures()['core_nib_arms']}): re-run the notebook that draws it."
+    ]
 
 
 def test_missing_claim_fails_and_its_figures_are_not_blamed(results_dir: Path) -> None:
     (results_dir / "cross_architecture.json").unlink()
     failures = _failures(results_dir)
-    assert failures[0] == (f"{results_dir}/cross_architecture.json: missing; the book reads it: run "
-                           "notebooks/02_cross_architecture.ipynb (`make notebooks`).")
-    assert failures[1:] == [f"{results_dir}/figures/{name}: not checked: its result cross_architecture.json is "
-                            "missing." for name in _figures_of("cross_architecture")]
+    assert failures[0] == (
+        f"{results_dir}/cross_architecture.json: missing; the book reads it: run "
+        "notebooks/02_cross_architecture.ipynb (`make notebooks`)."
+    )
+    assert failures[1:] == [
+        f"{results_dir}/figures/{name}: not checked: its result cross_architecture.json is missing."
+        for name in _figures_of("cross_architecture")
+    ]
 
 
 def test_swapped_figures_of_one_claim_fail_naming_both(results_dir: Path) -> None:
@@ -127,8 +133,11 @@ def test_swapped_figures_of_one_claim_fail_naming_both(results_dir: Path) -> Non
     assert f"{calibration}: is the figure core_nib_arms.png" in failures[1]
 
 
-@pytest.mark.parametrize("damage", [lambda data: data[: len(data) // 2],
-                                    lambda data: b"\x89PNG\r\n\x1a\n" + bytes(300)], ids=["truncated", "garbage"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: data[: len(data) // 2], lambda data: b"\x89PNG\r\n\x1a\n" + bytes(300)],
+    ids=["truncated", "garbage"],
+)
 def test_damaged_png_is_a_fail_line(results_dir: Path, damage) -> None:
     path = results_dir / "figures" / "objective_ablation_top5.png"
     path.write_bytes(damage(path.read_bytes()))
@@ -152,14 +161,18 @@ def test_removed_comparison_is_a_fail_line(results_dir: Path) -> None:
     failures = _failures(results_dir)
     result_lines = [f for f in failures if f.startswith(f"{path}:")]
     assert result_lines and any("edited after it was written" in f for f in result_lines)
-    assert len(failures) == len(result_lines) + 2 and all("not checked" in f for f in failures[len(result_lines):])
+    assert len(failures) == len(result_lines) + 2 and all("not checked" in f for f in failures[len(result_lines) :])
 
 
-@pytest.mark.parametrize("edit", [
-    lambda data: data["settings"]["python"]["data"]["tokens"].__setitem__("train", 1),
-    lambda data: data["parameters"].__setitem__("stat_windows", data["parameters"]["stat_windows"] + 1),
-    lambda data: data["published"]["official"].__setitem__("top5", 0.99),
-], ids=["data identity", "parameters", "published"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda data: data["settings"]["python"]["data"]["tokens"].__setitem__("train", 1),
+        lambda data: data["parameters"].__setitem__("stat_windows", data["parameters"]["stat_windows"] + 1),
+        lambda data: data["published"]["official"].__setitem__("top5", 0.99),
+    ],
+    ids=["data identity", "parameters", "published"],
+)
 def test_edited_field_that_is_not_derived_is_a_result_edit(results_dir: Path, edit) -> None:
     path = results_dir / "core_nib.json"
     _edit(path, edit)
@@ -167,21 +180,27 @@ def test_edited_field_that_is_not_derived_is_a_result_edit(results_dir: Path, ed
     assert any(f.startswith(f"{path}: edited after it was written") and "re-run its notebook" in f for f in failures)
     assert not any("another version" in f for f in failures), "an edited result must not be blamed on its figures"
     figures = [f for f in failures if "/figures/" in f]
-    assert figures == [f"{results_dir}/figures/{name}: not checked: its result core_nib.json failed verification "
-                       "(see above)." for name in _figures_of("core_nib")]
+    assert figures == [
+        f"{results_dir}/figures/{name}: not checked: its result core_nib.json failed verification (see above)."
+        for name in _figures_of("core_nib")
+    ]
 
 
 def test_published_must_equal_the_claim_modules_constant_even_when_resealed(results_dir: Path) -> None:
     path = results_dir / "objective_ablation.json"
     _edit(path, lambda data: data["published"].__setitem__("kl_top5_drop", 0.3), reseal=True)
     failures = [f for f in _failures(results_dir) if not f.startswith(f"{results_dir}/figures/")]
-    assert failures == [f"{path}: field published differs from PUBLISHED in abi.experiments.objective_ablation_stats "
-                        "(the release's figures): edited, or the constant changed since the run; re-run its notebook."]
+    assert failures == [
+        f"{path}: field published differs from PUBLISHED in abi.experiments.objective_ablation_stats "
+        "(the release's figures): edited, or the constant changed since the run; re-run its notebook."
+    ]
 
 
 def test_tampered_number_names_the_field(results_dir: Path) -> None:
-    _edit(results_dir / "core_nib.json",
-          lambda data: data["settings"]["python"]["comparisons"]["ceiling"]["summary"].__setitem__("top5", 0.5))
+    _edit(
+        results_dir / "core_nib.json",
+        lambda data: data["settings"]["python"]["comparisons"]["ceiling"]["summary"].__setitem__("top5", 0.5),
+    )
     assert "settings.python.comparisons.ceiling.summary" in _failures(results_dir)[0]
 
 
@@ -192,8 +211,10 @@ def test_missing_provenance_field_is_named(results_dir: Path) -> None:
 
 def test_orphan_figure_fails(results_dir: Path) -> None:
     shutil.copy(results_dir / "figures" / "core_nib_arms.png", results_dir / "figures" / "mystery_plot.png")
-    assert _failures(results_dir) == [f"{results_dir}/figures/mystery_plot.png: no result file {{claim}}.json "
-                                      "matches its name; delete it or re-run the notebook that draws it."]
+    assert _failures(results_dir) == [
+        f"{results_dir}/figures/mystery_plot.png: no result file {{claim}}.json "
+        "matches its name; delete it or re-run the notebook that draws it."
+    ]
 
 
 def test_truncated_result_names_the_file_and_stops_the_book(results_dir: Path) -> None:
@@ -211,5 +232,7 @@ def test_cli_prints_every_problem_and_exits_1(results_dir: Path, capsys: pytest.
     assert stop.value.code == "2 problem(s) found; verification failed."  # a message: the process exits with 1
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines if line.startswith("FAIL")] == [
-        f"FAIL {results_dir}/figures/benchmarks_memory.png", f"FAIL {results_dir}/figures/core_nib_arms.png"]
+        f"FAIL {results_dir}/figures/benchmarks_memory.png",
+        f"FAIL {results_dir}/figures/core_nib_arms.png",
+    ]
     assert sum(line.startswith("OK") for line in lines) == len(lines) - 2

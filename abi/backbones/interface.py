@@ -43,8 +43,14 @@ from transformers import PreTrainedModel
 from abi.backbones.registry import BackboneSpec
 from abi.sites import CORRECTION_SITES, DEFAULT_CORRECTION_SITE, check_correction_site
 
-__all__ = ["CORRECTION_SITES", "DEFAULT_CORRECTION_SITE", "Backbone", "TapIndexError", "TapOutput",
-           "check_correction_site"]
+__all__ = [
+    "CORRECTION_SITES",
+    "DEFAULT_CORRECTION_SITE",
+    "Backbone",
+    "TapIndexError",
+    "TapOutput",
+    "check_correction_site",
+]
 
 
 class TapIndexError(ValueError):
@@ -67,8 +73,14 @@ def _block_output(output: Any) -> Tensor:
 class Backbone:
     """A frozen language model with tap access and its own output head."""
 
-    def __init__(self, spec: BackboneSpec, model: PreTrainedModel, tokenizer: Any, identity: dict[str, Any],
-                 correction_site: str = DEFAULT_CORRECTION_SITE):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        identity: dict[str, Any],
+        correction_site: str = DEFAULT_CORRECTION_SITE,
+    ):
         self.spec = spec
         self.correction_site = check_correction_site(correction_site)
         self.model = model.eval()
@@ -78,9 +90,13 @@ class Backbone:
         self.identity = {"name": spec.name, "family": spec.family, **identity}
         config = model.config
         self.is_encoder_decoder = spec.is_encoder_decoder
-        self.d_model: int = config.d_model if self.is_encoder_decoder else config.hidden_size if hasattr(
-            config, "hidden_size"
-        ) else config.n_embd
+        self.d_model: int = (
+            config.d_model
+            if self.is_encoder_decoder
+            else config.hidden_size
+            if hasattr(config, "hidden_size")
+            else config.n_embd
+        )
         self.vocab_size: int = model.get_output_embeddings().weight.shape[0]
         self.n_layers: int = len(self._blocks())
         self._softcap: float | None = getattr(config, "final_logit_softcapping", None)
@@ -148,8 +164,10 @@ class Backbone:
         def keep(key: str):
             return lambda _m, _i, out: captured.__setitem__(key, _block_output(out))
 
-        handles = [(self._final_norm() if t == self.n_layers else blocks[t - 1]).register_forward_hook(keep(f"tap{t}"))
-                   for t in taps]
+        handles = [
+            (self._final_norm() if t == self.n_layers else blocks[t - 1]).register_forward_hook(keep(f"tap{t}"))
+            for t in taps
+        ]
         handles.append(blocks[-1].register_forward_hook(keep("final")))
         try:
             yield captured
@@ -277,4 +295,3 @@ class Backbone:
             "encoder_decoder": self.is_encoder_decoder,
             "n_parameters": sum(p.numel() for p in self.model.parameters()),
         }
-

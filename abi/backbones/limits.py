@@ -78,14 +78,19 @@ def check_window_fits(backbone: Any, window_len: int) -> None:
         return
     limit = _from_config(backbone.model.config.to_dict())
     if limit is not None and window_len > limit:
-        raise ParameterError(f"a window of {window_len} tokens is longer than {backbone.name!r} can read "
-                             f"({limit} positions); use at most {limit}.")
+        raise ParameterError(
+            f"a window of {window_len} tokens is longer than {backbone.name!r} can read "
+            f"({limit} positions); use at most {limit}."
+        )
 
 
 def window_parameters(params: Mapping[str, Any]) -> dict[str, int]:
     """The parameters that are token-window lengths (named ``*_len``)."""
-    return {name: value for name, value in params.items()
-            if name.endswith("_len") and isinstance(value, int) and not isinstance(value, bool)}
+    return {
+        name: value
+        for name, value in params.items()
+        if name.endswith("_len") and isinstance(value, int) and not isinstance(value, bool)
+    }
 
 
 def backbone_names(params: Mapping[str, Any]) -> list[str]:

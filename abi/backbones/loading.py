@@ -87,8 +87,9 @@ def _load_pypi_gguf(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str,
     """The checked fp32 cache of a GGUF model, de-quantized (once, under a lock) when missing or bad."""
     assert spec.module and spec.package and spec.gguf_file
     target = cache_dir() / "models" / spec.name
-    return load_checked(target, lambda: _open_model_cache(spec, target),
-                        lambda: _dequantize_to(spec, _gguf_path(spec), target))
+    return load_checked(
+        target, lambda: _open_model_cache(spec, target), lambda: _dequantize_to(spec, _gguf_path(spec), target)
+    )
 
 
 def _gguf_path(spec: BackboneSpec) -> Path:
@@ -122,9 +123,11 @@ def _check_fingerprint(spec: BackboneSpec, target: Path, model: PreTrainedModel,
         _FINGERPRINTS[memo_key] = Backbone(spec, model, tokenizer, {}).fingerprint()
     actual = _FINGERPRINTS[memo_key]
     if actual != spec.fingerprint:
-        raise BadEntry(f"the weights de-quantized from {spec.package} ({spec.gguf_file}) have fingerprint {actual}, "
-                       f"but the registry (and the committed results) expect {spec.fingerprint}; versions of the "
-                       "package, transformers or gguf other than constraints.txt pins de-quantize differently")
+        raise BadEntry(
+            f"the weights de-quantized from {spec.package} ({spec.gguf_file}) have fingerprint {actual}, "
+            f"but the registry (and the committed results) expect {spec.fingerprint}; versions of the "
+            "package, transformers or gguf other than constraints.txt pins de-quantize differently"
+        )
 
 
 def _assembled(spec: BackboneSpec) -> Path:
@@ -165,6 +168,7 @@ def _load_zoo(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str, Any]]
         "test_perplexity": log.get("test_perplexity"),
     }
     return model, tokenizer, identity
+
 
 def _dequantize(spec: BackboneSpec, gguf_path: Path) -> tuple[PreTrainedModel, Any]:
     """The fp32 model and tokenizer of a GGUF file, rebuilt without ``quantization_config`` so they can be saved."""

@@ -102,9 +102,24 @@ _CPU: dict[str, Any] = {
 }
 # Which parameters a backbone may override: how its module is trained and its update run; never
 # the evaluation rules (efficacy threshold, ill-conditioning), which hold for the whole claim.
-OVERRIDABLE = ("n_taps", "taps", "bottleneck", "expansion", "n_train_windows", "train_split", "finetune_split",
-               "zero_init_proj_out", "domain_steps", "domain_lr", "domain_batch_windows", "finetune_steps",
-               "finetune_lr", "finetune_batch_windows", "finetune_warmup_steps", "finetune_weight_decay")
+OVERRIDABLE = (
+    "n_taps",
+    "taps",
+    "bottleneck",
+    "expansion",
+    "n_train_windows",
+    "train_split",
+    "finetune_split",
+    "zero_init_proj_out",
+    "domain_steps",
+    "domain_lr",
+    "domain_batch_windows",
+    "finetune_steps",
+    "finetune_lr",
+    "finetune_batch_windows",
+    "finetune_warmup_steps",
+    "finetune_weight_decay",
+)
 # t5-mini was pre-trained by this project on the code and prose *train* splits (about 30 passes):
 # a module trained on those windows fits what the model already knows, so its module trains on
 # the code validation split instead (evaluation stays on test). Its update continues training on
@@ -112,8 +127,14 @@ OVERRIDABLE = ("n_taps", "taps", "bottleneck", "expansion", "n_train_windows", "
 # which fine-tuning over-fits (measured: test perplexity 222 -> 241-350). Zero-initialised
 # proj_out starts every module as the bare backbone; a smaller bottleneck and LR over-fit less
 # (measured on held-out code: bottleneck 512 -> 36.5, 256 at LR 1e-4 -> 31.8, bare 31.9).
-_T5_MINI = {"train_split": "validation", "finetune_split": "train", "zero_init_proj_out": True, "bottleneck": 256,
-            "domain_lr": 1e-4, "finetune_batch_windows": 16}
+_T5_MINI = {
+    "train_split": "validation",
+    "finetune_split": "train",
+    "zero_init_proj_out": True,
+    "bottleneck": 256,
+    "domain_lr": 1e-4,
+    "finetune_batch_windows": 16,
+}
 
 register_profiles(
     CLAIM,
@@ -176,11 +197,14 @@ def _check_backbone_overrides(params: dict[str, Any]) -> None:
             raise ParameterError(f"backbone_overrides names {name!r}, which is not in backbones {params['backbones']}.")
         for key, value in values.items():
             if key not in OVERRIDABLE:
-                raise ParameterError(f"backbone_overrides[{name!r}] sets {key!r}; a backbone may override only "
-                                     f"{', '.join(OVERRIDABLE)}.")
+                raise ParameterError(
+                    f"backbone_overrides[{name!r}] sets {key!r}; a backbone may override only {', '.join(OVERRIDABLE)}."
+                )
             if not type_matches(value, params[key]):
-                raise ParameterError(f"backbone_overrides[{name!r}][{key!r}] must be of type "
-                                     f"{type(params[key]).__name__}, got {value!r}.")
+                raise ParameterError(
+                    f"backbone_overrides[{name!r}][{key!r}] must be of type "
+                    f"{type(params[key]).__name__}, got {value!r}."
+                )
         check_ranges(f"{CLAIM} (backbone_overrides[{name!r}])", params_for(params, name))
 
 
@@ -214,11 +238,14 @@ def _check_training(params: dict[str, Any]) -> None:
         raise ValueError(f"window_len must be at least 32, got {params['window_len']}.")
     check_held_out_splits(params)
     if params["finetune_split"] not in ("train", "validation"):
-        raise ValueError(f"finetune_split must be 'train' or 'validation' (the prose test split measures the "
-                         f"update), got {params['finetune_split']!r}.")
+        raise ValueError(
+            f"finetune_split must be 'train' or 'validation' (the prose test split measures the "
+            f"update), got {params['finetune_split']!r}."
+        )
     if not params["updates"] or "plain" not in params["updates"] or set(params["updates"]) - set(UPDATES):
-        raise ValueError(f"updates must include 'plain' (the unprotected update) and only {list(UPDATES)}, "
-                         f"got {params['updates']}.")
+        raise ValueError(
+            f"updates must include 'plain' (the unprotected update) and only {list(UPDATES)}, got {params['updates']}."
+        )
     if len(set(params["updates"])) != len(params["updates"]):
         raise ValueError(f"updates {params['updates']} contain duplicates.")
     if "protected" in params["updates"] and not params["protect_weight"] > 0:
@@ -232,20 +259,29 @@ def _check_training(params: dict[str, Any]) -> None:
 
 
 # -- result ------------------------------------------------------------------------------------------
-def build_result(params: dict[str, Any], blocks: dict[str, dict[str, Any]], watch: Stopwatch | None = None
-                 ) -> dict[str, Any]:
+def build_result(
+    params: dict[str, Any], blocks: dict[str, dict[str, Any]], watch: Stopwatch | None = None
+) -> dict[str, Any]:
     """The result file's content: parameters, provenance, one raw block per backbone, summaries."""
     blocks = {name: dict(block) for name, block in blocks.items()}  # the caller's blocks stay as they are
     comparisons = {}
     for name, block in blocks.items():
         for key, record in block.pop("nib").items():
-            scores = VariantScores(per_window=record["per_window"], nll_sum=record["nll_sum"],
-                                   n_tokens=block["windows"]["n_tokens"])
-            comparisons[f"{name}/{key}"] = comparison_record(scores, params["bootstrap"], record["reference"],
-                                                             candidate=record["candidate"])
+            scores = VariantScores(
+                per_window=record["per_window"], nll_sum=record["nll_sum"], n_tokens=block["windows"]["n_tokens"]
+            )
+            comparisons[f"{name}/{key}"] = comparison_record(
+                scores, params["bootstrap"], record["reference"], candidate=record["candidate"]
+            )
     timings = {f"{name}/{k}": v for name, block in blocks.items() for k, v in block.pop("timings").items()}
-    result = result_document(CLAIM, params, timings=timings, resources=(watch or Stopwatch()).resources(),
-                             published=PUBLISHED, backbones=blocks, comparisons=comparisons)
+    result = result_document(
+        CLAIM,
+        params,
+        timings=timings,
+        resources=(watch or Stopwatch()).resources(),
+        published=PUBLISHED,
+        backbones=blocks,
+        comparisons=comparisons,
+    )
     result.update(derive(result))
     return result
-

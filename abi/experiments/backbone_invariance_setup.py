@@ -75,12 +75,26 @@ def prepare(params: dict[str, Any], name: str) -> Setup:
     code_eval = spread(code.streams[params["eval_split"]], params["eval_windows"], protocol.seed)
     code_train = spread(code.streams[params["train_split"]], params["n_train_windows"], protocol.seed + 1)
     prose_stream = prose.streams[params["finetune_split"]]
-    prose_train = make_windows(backbone, prose_stream, np.arange(len(prose_stream) // span) * span, protocol,
-                               window_len)
+    prose_train = make_windows(
+        backbone, prose_stream, np.arange(len(prose_stream) // span) * span, protocol, window_len
+    )
     prose_eval = spread(prose.streams["test"], params["prose_eval_windows"], protocol.seed)
     with watch.time("extract_features"):
         train = extract_features(backbone, code_train, taps, dtype=params["feature_dtype"], desc="train")
         held_out = extract_features(backbone, code_eval, taps, dtype=params["feature_dtype"], desc="held_out")
-    return Setup(params=params, backbone=backbone, taps=taps, protocol=protocol, code=code, prose=prose,
-                 code_train=code_train, code_eval=code_eval, prose_train=prose_train, prose_eval=prose_eval,
-                 train=train, held_out=held_out, fingerprint_before=fingerprint_before, watch=watch)
+    return Setup(
+        params=params,
+        backbone=backbone,
+        taps=taps,
+        protocol=protocol,
+        code=code,
+        prose=prose,
+        code_train=code_train,
+        code_eval=code_eval,
+        prose_train=prose_train,
+        prose_eval=prose_eval,
+        train=train,
+        held_out=held_out,
+        fingerprint_before=fingerprint_before,
+        watch=watch,
+    )

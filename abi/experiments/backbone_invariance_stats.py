@@ -50,29 +50,40 @@ def _pooled_perplexity(nll: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
 
 def _perplexity_interval(nll: list[float], n_tokens: list[int], bootstrap: dict[str, int]) -> dict[str, Any]:
     tokens = np.asarray(n_tokens, dtype=float)
-    interval = window_bootstrap_ci(np.asarray(nll) / tokens, tokens, n_resamples=bootstrap["n_resamples"],
-                                   seed=bootstrap["seed"])
-    return {"estimate": math.exp(interval.estimate), "low": math.exp(interval.low), "high": math.exp(interval.high),
-            "method": interval.method}
+    interval = window_bootstrap_ci(
+        np.asarray(nll) / tokens, tokens, n_resamples=bootstrap["n_resamples"], seed=bootstrap["seed"]
+    )
+    return {
+        "estimate": math.exp(interval.estimate),
+        "low": math.exp(interval.low),
+        "high": math.exp(interval.high),
+        "method": interval.method,
+    }
 
 
 def _efficacy_stat(arrays: dict[str, np.ndarray]) -> np.ndarray:
     raw = _pooled_perplexity(arrays["raw"], arrays["n"])
-    return ((raw - _pooled_perplexity(arrays["zero_shot"], arrays["n"]))
-            / (raw - _pooled_perplexity(arrays["oracle"], arrays["n"])))
+    return (raw - _pooled_perplexity(arrays["zero_shot"], arrays["n"])) / (
+        raw - _pooled_perplexity(arrays["oracle"], arrays["n"])
+    )
 
 
 def _denominator_stat(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return _pooled_perplexity(arrays["raw"], arrays["n"]) - _pooled_perplexity(arrays["oracle"], arrays["n"])
 
 
-def efficacy(nll: dict[str, list], n_tokens: list[int], update: str, oracle: str,
-             params: dict[str, Any]) -> dict[str, Any]:
+def efficacy(
+    nll: dict[str, list], n_tokens: list[int], update: str, oracle: str, params: dict[str, Any]
+) -> dict[str, Any]:
     """Efficacy of ``update``'s zero-shot module against the ``oracle`` condition, with its paired
     interval, the denominator's interval, the ill-conditioning flag and the verdict."""
     bootstrap = params["bootstrap"]
-    arrays = {"raw": nll[f"{update}/raw"], "zero_shot": nll[f"{update}/zero_shot"], "oracle": nll[oracle],
-              "n": n_tokens}
+    arrays = {
+        "raw": nll[f"{update}/raw"],
+        "zero_shot": nll[f"{update}/zero_shot"],
+        "oracle": nll[oracle],
+        "n": n_tokens,
+    }
     resampling = {"n_resamples": bootstrap["n_resamples"], "seed": bootstrap["seed"]}
     ratio = paired_window_statistic_ci(arrays, _efficacy_stat, **resampling)
     denominator = paired_window_statistic_ci(arrays, _denominator_stat, **resampling)
@@ -88,15 +99,25 @@ def efficacy(nll: dict[str, list], n_tokens: list[int], update: str, oracle: str
         verdict = "FAIL"
     else:
         verdict = "inconclusive"
-    return {**ratio.to_dict(), "denominator": denominator.to_dict(), "ill_conditioned_below": threshold,
-            "denominator_above_zero": bool(denominator.low > 0),
-            "ill_conditioned": ill_conditioned, "point_pass": bool(ratio.estimate >= line), "verdict": verdict,
-            "oracle": oracle}
+    return {
+        **ratio.to_dict(),
+        "denominator": denominator.to_dict(),
+        "ill_conditioned_below": threshold,
+        "denominator_above_zero": bool(denominator.low > 0),
+        "ill_conditioned": ill_conditioned,
+        "point_pass": bool(ratio.estimate >= line),
+        "verdict": verdict,
+        "oracle": oracle,
+    }
 
 
 def _rate(counts: list, totals: list, bootstrap: dict[str, int]) -> dict[str, Any]:
-    rate = paired_window_statistic_ci({"k": counts, "n": totals}, lambda d: d["k"].sum(-1) / d["n"].sum(-1),
-                                      n_resamples=bootstrap["n_resamples"], seed=bootstrap["seed"])
+    rate = paired_window_statistic_ci(
+        {"k": counts, "n": totals},
+        lambda d: d["k"].sum(-1) / d["n"].sum(-1),
+        n_resamples=bootstrap["n_resamples"],
+        seed=bootstrap["seed"],
+    )
     return {**rate.to_dict(), "count": int(sum(counts)), "of": int(sum(totals))}
 
 
@@ -106,21 +127,29 @@ def summarize_block(block: dict[str, Any], params: dict[str, Any]) -> dict[str, 
     n_tokens = windows["n_tokens"]
     nll = windows["nll"]
     wrong = {name: [n - c for n, c in zip(n_tokens, windows["correct"][name])] for name in windows["correct"]}
-    out: dict[str, Any] = {"ppl": {name: _perplexity_interval(values, n_tokens, bootstrap)
-                                   for name, values in nll.items()},
-                           "efficacy": {}, "negative_flip_rate": {}, "positive_flip_rate": {}}
+    out: dict[str, Any] = {
+        "ppl": {name: _perplexity_interval(values, n_tokens, bootstrap) for name, values in nll.items()},
+        "efficacy": {},
+        "negative_flip_rate": {},
+        "positive_flip_rate": {},
+    }
     for update in block["updates"]:
-        out["efficacy"][update] = {"ours": efficacy(nll, n_tokens, update, f"{update}/oracle", params),
-                                   "original": efficacy(nll, n_tokens, update, "B/fresh", params)}
+        out["efficacy"][update] = {
+            "ours": efficacy(nll, n_tokens, update, f"{update}/oracle", params),
+            "original": efficacy(nll, n_tokens, update, "B/fresh", params),
+        }
         out["negative_flip_rate"][update] = {
             kind: _rate(windows["negative_flips"][f"{update}/{kind}"], windows["correct"][before], bootstrap)
-            for kind, before in (("module", "B/module"), ("raw", "B/raw"))}
+            for kind, before in (("module", "B/module"), ("raw", "B/raw"))
+        }
         out["positive_flip_rate"][update] = {
             kind: _rate(windows["positive_flips"][f"{update}/{kind}"], wrong[before], bootstrap)
-            for kind, before in (("module", "B/module"), ("raw", "B/raw"))}
+            for kind, before in (("module", "B/module"), ("raw", "B/raw"))
+        }
     prose = block["prose"]
-    out["prose_ppl"] = {name: _perplexity_interval(values, prose["n_tokens"], bootstrap)
-                        for name, values in prose["nll"].items()}
+    out["prose_ppl"] = {
+        name: _perplexity_interval(values, prose["n_tokens"], bootstrap) for name, values in prose["nll"].items()
+    }
     return out
 
 
@@ -128,9 +157,13 @@ def derive(result: dict[str, Any]) -> dict[str, Any]:
     """Summaries and verdicts from the raw per-window values; the verifier recomputes them the same way."""
     params = result["parameters"]
     summary = {name: summarize_block(block, params) for name, block in result["backbones"].items()}
-    verdicts = {name: {update: {oracle: eff["verdict"] for oracle, eff in by_oracle.items()}
-                       for update, by_oracle in block_summary["efficacy"].items()}
-                for name, block_summary in summary.items()}
+    verdicts = {
+        name: {
+            update: {oracle: eff["verdict"] for oracle, eff in by_oracle.items()}
+            for update, by_oracle in block_summary["efficacy"].items()
+        }
+        for name, block_summary in summary.items()
+    }
     return {"summary": summary, "verdicts": verdicts}
 
 
@@ -154,8 +187,11 @@ def glue_name(name: str) -> str:
 
 def glue_values(result: dict[str, Any]) -> dict[str, Any]:
     """Numbers the book's prose pulls in with myst-nb ``glue`` (never typed by hand)."""
-    values: dict[str, Any] = {"c4_verdict": claim_verdict(result), "c4_backbones": ", ".join(result["summary"]),
-                              "c4_minutes": round(sum(result["timings"].values()) / 60, 1)}
+    values: dict[str, Any] = {
+        "c4_verdict": claim_verdict(result),
+        "c4_backbones": ", ".join(result["summary"]),
+        "c4_minutes": round(sum(result["timings"].values()) / 60, 1),
+    }
     for name, summary in result["summary"].items():
         prefix = f"c4_{glue_name(name)}"
         efficacies = summary["efficacy"]["plain"]

@@ -20,9 +20,13 @@ def finetune_config(params: dict[str, Any], update: str, taps: tuple[int, ...]) 
     """The update's settings; the protected update also keeps the module's tap states close to B's."""
     protected = update == "protected"
     return FinetuneConfig(
-        steps=params["finetune_steps"], lr=params["finetune_lr"], batch_windows=params["finetune_batch_windows"],
-        weight_decay=params["finetune_weight_decay"], warmup_steps=params["finetune_warmup_steps"],
-        seed=params["finetune_seed"], protect_weight=params["protect_weight"] if protected else 0.0,
+        steps=params["finetune_steps"],
+        lr=params["finetune_lr"],
+        batch_windows=params["finetune_batch_windows"],
+        weight_decay=params["finetune_weight_decay"],
+        warmup_steps=params["finetune_warmup_steps"],
+        seed=params["finetune_seed"],
+        protect_weight=params["protect_weight"] if protected else 0.0,
         protect_taps=taps if protected else (),
     )
 
@@ -30,8 +34,14 @@ def finetune_config(params: dict[str, Any], update: str, taps: tuple[int, ...]) 
 # -- the refusal rule ------------------------------------------------------------------------------
 def module_record(module: ABIModule, taps: tuple[int, ...], backbone: Backbone) -> ModuleRecord:
     """The facts a module file would carry, for a module held in memory."""
-    return ModuleRecord(config=module.config, taps=tuple(taps), backbone=backbone_facts(backbone), seed=module.seed,
-                        parameter_sha256=parameter_hash(module), extra={})
+    return ModuleRecord(
+        config=module.config,
+        taps=tuple(taps),
+        backbone=backbone_facts(backbone),
+        seed=module.seed,
+        parameter_sha256=parameter_hash(module),
+        extra={},
+    )
 
 
 def check_zero_shot(record: ModuleRecord, updated: Backbone) -> None:
@@ -74,12 +84,14 @@ class Trained:
     losses: dict[str, list[float]]
 
 
-def domain_module(setup: Setup, features: FeatureSet, backbone: Backbone, seed: int, label: str
-                  ) -> tuple[ABIModule, list[float]]:
+def domain_module(
+    setup: Setup, features: FeatureSet, backbone: Backbone, seed: int, label: str
+) -> tuple[ABIModule, list[float]]:
     """A new module trained by the domain stage on ``backbone``, then frozen; and its per-step losses."""
     params = setup.params
-    config = ModuleConfig(d_model=backbone.d_model, n_taps=len(setup.taps), bottleneck=params["bottleneck"],
-                          expansion=params["expansion"])
+    config = ModuleConfig(
+        d_model=backbone.d_model, n_taps=len(setup.taps), bottleneck=params["bottleneck"], expansion=params["expansion"]
+    )
     module = untrained_module(config, seed, params["zero_init_proj_out"])
     return frozen_domain_module(module, backbone, features, params, params["domain_steps"], seed, label)
 
@@ -97,23 +109,38 @@ def train(setup: Setup) -> Trained:
     updates: dict[str, UpdateArm] = {}
     for update in params["updates"]:
         with watch.time(f"{update}/finetune"):
-            run = finetune_backbone(base, setup.prose_train, finetune_config(params, update, setup.taps),
-                                    data=setup.prose.identity, checkpoint_every=params["checkpoint_every"],
-                                    desc=f"{update} update")
+            run = finetune_backbone(
+                base,
+                setup.prose_train,
+                finetune_config(params, update, setup.taps),
+                data=setup.prose.identity,
+                checkpoint_every=params["checkpoint_every"],
+                desc=f"{update} update",
+            )
         updated = run.backbone
         check_zero_shot(record, updated)
         with watch.time(f"{update}/extract_features"):
-            train_updated = extract_features(updated, setup.code_train, setup.taps, dtype=params["feature_dtype"],
-                                             desc="train")
-            held_out_updated = extract_features(updated, setup.code_eval, setup.taps, dtype=params["feature_dtype"],
-                                                desc="held_out")
+            train_updated = extract_features(
+                updated, setup.code_train, setup.taps, dtype=params["feature_dtype"], desc="train"
+            )
+            held_out_updated = extract_features(
+                updated, setup.code_eval, setup.taps, dtype=params["feature_dtype"], desc="held_out"
+            )
         with watch.time(f"{update}/oracle"):
-            oracle, oracle_losses = domain_module(setup, train_updated, updated, params["oracle_seed"],
-                                                  f"fresh module on {update}")
+            oracle, oracle_losses = domain_module(
+                setup, train_updated, updated, params["oracle_seed"], f"fresh module on {update}"
+            )
         with watch.time("prose_perplexity"):
             prose_after, _ = window_nll(updated, setup.prose_eval, desc=f"prose after the {update} update")
-        updates[update] = UpdateArm(run=run, held_out=held_out_updated, oracle=oracle, prose_nll=prose_after,
-                                    oracle_losses=oracle_losses)
+        updates[update] = UpdateArm(
+            run=run, held_out=held_out_updated, oracle=oracle, prose_nll=prose_after, oracle_losses=oracle_losses
+        )
         losses[f"{update}/oracle"] = oracle_losses
-    return Trained(module=module, fresh=fresh, prose_nll_before=prose_before, prose_tokens=prose_tokens,
-                   updates=updates, losses=losses)
+    return Trained(
+        module=module,
+        fresh=fresh,
+        prose_nll_before=prose_before,
+        prose_tokens=prose_tokens,
+        updates=updates,
+        losses=losses,
+    )

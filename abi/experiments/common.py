@@ -57,8 +57,9 @@ def check_domain(domain: str, dialect_words: int = 0) -> str:
 
 
 @lru_cache(maxsize=4)
-def domain_split(split_level: str = "file", domain: str = "python", dialect_words: int = 0,
-                 dialect_seed: int = 0) -> tuple[Corpus, CorpusSplit]:
+def domain_split(
+    split_level: str = "file", domain: str = "python", dialect_words: int = 0, dialect_seed: int = 0
+) -> tuple[Corpus, CorpusSplit]:
     """The domain corpus and its train/validation/test split: the pinned code corpus, or its seeded
     dialect (:mod:`abi.dialect`) with ``dialect_words`` renamed words (same files, same splits)."""
     check_domain(domain, dialect_words)
@@ -80,11 +81,13 @@ def check_split_fits(split: CorpusSplit, tokens_needed: dict[str, int], domain: 
         if chars < needed:
             raise CorpusTooShortError(
                 f"the {name} split of domain {domain!r} has {chars} characters, fewer than the {needed} tokens its "
-                f"windows need; ask for fewer or shorter windows (valid domains: {', '.join(DOMAINS)}).")
+                f"windows need; ask for fewer or shorter windows (valid domains: {', '.join(DOMAINS)})."
+            )
 
 
-def load_streams(backbone: Backbone, split_level: str = "file", domain: str = "python", dialect_words: int = 0,
-                 dialect_seed: int = 0) -> CorpusStreams:
+def load_streams(
+    backbone: Backbone, split_level: str = "file", domain: str = "python", dialect_words: int = 0, dialect_seed: int = 0
+) -> CorpusStreams:
     """Tokenize the domain corpus per split with the backbone's own tokenizer (cached): the pinned
     code corpus, or its seeded dialect (:mod:`abi.dialect`) with ``dialect_words`` renamed words."""
     corpus, split = domain_split(split_level, domain, dialect_words, dialect_seed)
@@ -113,8 +116,9 @@ def spread_starts(n_tokens: int, span: int, n_windows: int, seed: int) -> np.nda
     return np.sort(chosen) * span
 
 
-def make_windows(backbone: Backbone, stream: np.ndarray, starts: np.ndarray, protocol: NIBProtocol,
-                 window_len: int) -> Windows:
+def make_windows(
+    backbone: Backbone, stream: np.ndarray, starts: np.ndarray, protocol: NIBProtocol, window_len: int
+) -> Windows:
     """Windows in the backbone's layout: causal chunks, or prefix + continuation for T5."""
     check_window_fits(backbone, window_len)
     if backbone.is_encoder_decoder:
@@ -142,8 +146,9 @@ def check_protocol_fits(backbone: Backbone, protocol: NIBProtocol) -> None:
         )
 
 
-def training_windows(backbone: Backbone, streams: CorpusStreams, protocol: NIBProtocol, window_len: int,
-                     n_windows: int) -> Windows:
+def training_windows(
+    backbone: Backbone, streams: CorpusStreams, protocol: NIBProtocol, window_len: int, n_windows: int
+) -> Windows:
     """Consecutive, non-overlapping windows of the train split (every token used once)."""
     stream = streams.streams["train"]
     span = window_span(backbone, protocol, window_len)
@@ -170,8 +175,10 @@ def check_held_out_splits(params: dict[str, Any]) -> None:
     if params["eval_split"] not in ("test", "validation"):
         raise ValueError(f"eval_split must be 'test' or 'validation' (held out), got {params['eval_split']!r}.")
     if params["train_split"] not in ("train", "validation") or params["train_split"] == params["eval_split"]:
-        raise ValueError(f"train_split must be 'train' or 'validation' and differ from eval_split "
-                         f"({params['eval_split']!r}), got {params['train_split']!r}.")
+        raise ValueError(
+            f"train_split must be 'train' or 'validation' and differ from eval_split "
+            f"({params['eval_split']!r}), got {params['train_split']!r}."
+        )
 
 
 PROJ_OUT_INITS = ("zero", "xavier")
@@ -193,13 +200,28 @@ def untrained_module(config: ModuleConfig, seed: int, zero_init_proj_out: bool) 
     return module
 
 
-def frozen_domain_module(module: ABIModule, backbone: Backbone, features: FeatureSet, params: dict[str, Any],
-                         steps: int, seed: int, label: str, head_dtype: torch.dtype | None = None
-                         ) -> tuple[ABIModule, list[float]]:
+def frozen_domain_module(
+    module: ABIModule,
+    backbone: Backbone,
+    features: FeatureSet,
+    params: dict[str, Any],
+    steps: int,
+    seed: int,
+    label: str,
+    head_dtype: torch.dtype | None = None,
+) -> tuple[ABIModule, list[float]]:
     """``module`` trained by the domain stage (``domain_lr``, ``domain_batch_windows``), then frozen;
     and its per-step losses."""
-    log = train_domain_stage(module, backbone, features, steps, lr=params["domain_lr"],
-                             batch_windows=params["domain_batch_windows"], seed=seed, desc=f"domain stage: {label}",
-                             head_dtype=head_dtype)
+    log = train_domain_stage(
+        module,
+        backbone,
+        features,
+        steps,
+        lr=params["domain_lr"],
+        batch_windows=params["domain_batch_windows"],
+        seed=seed,
+        desc=f"domain stage: {label}",
+        head_dtype=head_dtype,
+    )
     module.requires_grad_(False)
     return module, log.losses

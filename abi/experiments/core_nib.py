@@ -187,35 +187,46 @@ def validate(profile: str, **overrides: Any) -> dict[str, Any]:
     get_protocol(params["protocol"])
     settings = params["settings"]
     if not settings or len(set(settings)) != len(settings):
-        raise ValueError(f"settings must be a non-empty list without duplicates, got {settings!r}; "
-                         f"e.g. {_CPU['settings']!r}.")
+        raise ValueError(
+            f"settings must be a non-empty list without duplicates, got {settings!r}; e.g. {_CPU['settings']!r}."
+        )
     for name in settings:
         domain, site = parse_setting(name)
         check_domain(domain, params["dialect_words"])
         check_correction_site(site)
     if not any(parse_setting(name)[1] == DEFAULT_CORRECTION_SITE for name in settings):
-        raise ValueError(f"at least one setting must use the release's correction site ({DEFAULT_CORRECTION_SITE}); "
-                         f"got {settings!r}.")
+        raise ValueError(
+            f"at least one setting must use the release's correction site ({DEFAULT_CORRECTION_SITE}); "
+            f"got {settings!r}."
+        )
     unknown = [name for name in params["dose_settings"] if name not in settings]
     if unknown:
         raise ValueError(f"dose_settings {unknown} are not among settings {settings}; list a subset (or []).")
     doses = params["dose_windows"]
     if any(not 1 <= d <= params["n_train_windows"] for d in doses) or len(set(doses)) != len(doses):
-        raise ValueError(f"dose_windows must be distinct window counts in 1..n_train_windows "
-                         f"({params['n_train_windows']}), got {doses!r}.")
+        raise ValueError(
+            f"dose_windows must be distinct window counts in 1..n_train_windows "
+            f"({params['n_train_windows']}), got {doses!r}."
+        )
     if not 1 <= params["dose_eval_windows"] <= params["stat_windows"]:
-        raise ValueError(f"dose_eval_windows must lie in 1..stat_windows ({params['stat_windows']}), "
-                         f"got {params['dose_eval_windows']}.")
+        raise ValueError(
+            f"dose_eval_windows must lie in 1..stat_windows ({params['stat_windows']}), "
+            f"got {params['dose_eval_windows']}."
+        )
     if not set(params["site_arm_seeds"]) <= set(params["candidate_seeds"]):
-        raise ValueError(f"site_arm_seeds {params['site_arm_seeds']} must be a subset of candidate_seeds "
-                         f"{params['candidate_seeds']}.")
+        raise ValueError(
+            f"site_arm_seeds {params['site_arm_seeds']} must be a subset of candidate_seeds "
+            f"{params['candidate_seeds']}."
+        )
     check_proj_out_init(params["proj_out_init"])
     plateau_rule(params)
     head_dtype(params)
     _check_domains_fit(params)
     if min(params["calibration_steps"], params["dose_calibration_steps"]) < 4:
-        raise ValueError("calibration_steps and dose_calibration_steps must be at least 4 (the four LR phases of "
-                         "the release's schedule).")
+        raise ValueError(
+            "calibration_steps and dose_calibration_steps must be at least 4 (the four LR phases of "
+            "the release's schedule)."
+        )
     params["bootstrap"] = {"n_resamples": params["bootstrap_resamples"], "seed": 0}
     return params
 
@@ -224,9 +235,11 @@ def _check_domains_fit(params: dict[str, Any]) -> None:
     """Every setting's domain text can hold its windows (checked on characters, before any model loads)."""
     protocol = get_protocol(params["protocol"])
     stat = params["stat_window_len"] if protocol.layout == "causal" else protocol.prefix_len + protocol.cont_len
-    needs = {"train": params["n_train_windows"] * params["window_len"],
-             "validation": (params["curve_windows"] + params["domain_val_windows"]) * stat,
-             params["eval_split"]: params["stat_windows"] * stat}
+    needs = {
+        "train": params["n_train_windows"] * params["window_len"],
+        "validation": (params["curve_windows"] + params["domain_val_windows"]) * stat,
+        params["eval_split"]: params["stat_windows"] * stat,
+    }
     for domain in dict.fromkeys(parse_setting(name)[0] for name in params["settings"]):
         _, split = domain_split(params["split_level"], domain, params["dialect_words"], params["dialect_seed"])
         check_split_fits(split, needs, domain)
@@ -234,8 +247,9 @@ def _check_domains_fit(params: dict[str, Any]) -> None:
 
 def setting_seeds(params: dict[str, Any], setting: str) -> list[int]:
     """Candidate seeds of a setting: all of them at the release's site, ``site_arm_seeds`` elsewhere."""
-    return list(params["candidate_seeds"] if parse_setting(setting)[1] == DEFAULT_CORRECTION_SITE
-                else params["site_arm_seeds"])
+    return list(
+        params["candidate_seeds"] if parse_setting(setting)[1] == DEFAULT_CORRECTION_SITE else params["site_arm_seeds"]
+    )
 
 
 @dataclass
@@ -292,11 +306,20 @@ def prepare(params: dict[str, Any], setting: str) -> Setup:
     features = {}
     with watch.time("extract_features"):
         for name, split_windows in windows.items():
-            features[name] = extract_features(backbone, split_windows, feature_taps, dtype=params["feature_dtype"],
-                                              desc=f"{setting}: {name}")
-    return Setup(params=params, setting=setting, seeds=setting_seeds(params, setting), backbone=backbone,
-                 streams=streams, feature_taps=feature_taps, fingerprint_before=fingerprint_before, watch=watch,
-                 **features)
+            features[name] = extract_features(
+                backbone, split_windows, feature_taps, dtype=params["feature_dtype"], desc=f"{setting}: {name}"
+            )
+    return Setup(
+        params=params,
+        setting=setting,
+        seeds=setting_seeds(params, setting),
+        backbone=backbone,
+        streams=streams,
+        feature_taps=feature_taps,
+        fingerprint_before=fingerprint_before,
+        watch=watch,
+        **features,
+    )
 
 
 def make_module(setup: Setup, role: str, seed: int) -> TappedModule:
@@ -307,16 +330,22 @@ def make_module(setup: Setup, role: str, seed: int) -> TappedModule:
         per_tap_norm = params["anchor_per_tap_norm"]
     else:
         taps, bottleneck, per_tap_norm = params["candidate_taps"], params["candidate_bottleneck"], True
-    config = ModuleConfig(d_model=setup.backbone.d_model, n_taps=len(taps), bottleneck=bottleneck,
-                          expansion=params["expansion"], per_tap_norm=per_tap_norm)
+    config = ModuleConfig(
+        d_model=setup.backbone.d_model,
+        n_taps=len(taps),
+        bottleneck=bottleneck,
+        expansion=params["expansion"],
+        per_tap_norm=per_tap_norm,
+    )
     module = untrained_module(config, seed, zero_init_proj_out=params["proj_out_init"] == "zero")
     return TappedModule(module, taps, setup.feature_taps)
 
 
 def plateau_rule(params: dict[str, Any]) -> PlateauRule:
     """The domain stage's stopping rule, from the parameters (checked in :func:`validate`)."""
-    return PlateauRule(every=params["domain_eval_every"], patience=params["domain_patience"],
-                       min_delta=params["domain_min_delta"])
+    return PlateauRule(
+        every=params["domain_eval_every"], patience=params["domain_patience"], min_delta=params["domain_min_delta"]
+    )
 
 
 HEAD_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
@@ -335,12 +364,25 @@ def run_domain_stage(setup: Setup, module: TappedModule, seed: int, label: str) 
     """Train ``module`` on the domain through the frozen head until its validation loss plateaus
     (at most ``domain_steps`` steps); returns the log (per-step losses, evaluations, stopping step)."""
     params = setup.params
-    log = train_domain_stage(module, setup.backbone, setup.train, params["domain_steps"], lr=params["domain_lr"],
-                             batch_windows=params["domain_batch_windows"], seed=seed,
-                             desc=f"{setup.setting}: domain stage, {label}", validation=setup.domain_val,
-                             plateau=plateau_rule(params), head_dtype=head_dtype(params))
-    return {"losses": log.losses, "evaluations": log.evaluations, "best_step": log.best_step,
-            "steps_run": len(log.losses)}
+    log = train_domain_stage(
+        module,
+        setup.backbone,
+        setup.train,
+        params["domain_steps"],
+        lr=params["domain_lr"],
+        batch_windows=params["domain_batch_windows"],
+        seed=seed,
+        desc=f"{setup.setting}: domain stage, {label}",
+        validation=setup.domain_val,
+        plateau=plateau_rule(params),
+        head_dtype=head_dtype(params),
+    )
+    return {
+        "losses": log.losses,
+        "evaluations": log.evaluations,
+        "best_step": log.best_step,
+        "steps_run": len(log.losses),
+    }
 
 
 @dataclass
@@ -367,8 +409,10 @@ def _curve_probe(setup: Setup, anchor: TappedModule, targets: torch.Tensor):
         per_window = scores["m"].per_window
         weights = np.asarray(per_window["n_positions"], dtype=float)
         summary = {k: float(np.average(per_window[k], weights=weights)) for k in ("top5", "top1", "js")}
-        return {"val_corr_mse": float((corrections - targets).pow(2).mean()),
-                **{f"val_{k}": v for k, v in summary.items()}}
+        return {
+            "val_corr_mse": float((corrections - targets).pow(2).mean()),
+            **{f"val_{k}": v for k, v in summary.items()},
+        }
 
     return probe
 
@@ -400,19 +444,38 @@ def train_arms(setup: Setup) -> Arms:
     random_calibrated = {}
     with watch.time("calibration"):
         for seed in setup.seeds:
-            for kind, module in (("calibration", candidates[seed]),
-                                 ("random_calibration", make_module(setup, "candidate", 10_000 + seed))):
-                log = calibrate(module, setup.train, targets, schedule,
-                                batch_windows=params["calibration_batch_windows"], seed=seed, on_step=probe,
-                                eval_every=params["curve_every"], desc=f"{setup.setting}: {kind} {seed}")
+            for kind, module in (
+                ("calibration", candidates[seed]),
+                ("random_calibration", make_module(setup, "candidate", 10_000 + seed)),
+            ):
+                log = calibrate(
+                    module,
+                    setup.train,
+                    targets,
+                    schedule,
+                    batch_windows=params["calibration_batch_windows"],
+                    seed=seed,
+                    on_step=probe,
+                    eval_every=params["curve_every"],
+                    desc=f"{setup.setting}: {kind} {seed}",
+                )
                 logs[kind][str(seed)] = log.to_dict()
                 if kind == "random_calibration":
                     random_calibrated[seed] = module
-    logs["schedule"] = {"phase_steps": schedule.phase_steps, "phase_lrs": schedule.phase_lrs,
-                        "warmup_steps": schedule.warmup_steps}
+    logs["schedule"] = {
+        "phase_steps": schedule.phase_steps,
+        "phase_lrs": schedule.phase_lrs,
+        "warmup_steps": schedule.warmup_steps,
+    }
     logs["plateau_rule"] = plateau_rule(params).to_dict()
-    return Arms(anchor=anchor, ceiling=ceiling, candidates=candidates, uncalibrated=uncalibrated,
-                random_calibrated=random_calibrated, logs=logs)
+    return Arms(
+        anchor=anchor,
+        ceiling=ceiling,
+        candidates=candidates,
+        uncalibrated=uncalibrated,
+        random_calibrated=random_calibrated,
+        logs=logs,
+    )
 
 
 def arm_variants(arms: Arms) -> dict[str, torch.nn.Module | None]:
@@ -432,8 +495,15 @@ def evaluate_arms(setup: Setup, arms: Arms) -> dict[str, tuple[VariantScores, di
     variants = arm_variants(arms)
     with setup.watch.time("evaluation"):
         return {
-            split: score_variants(setup.backbone, features, arms.anchor, variants, skip,
-                                  desc=f"{setup.setting}: {split}", effect_positions=split == "held_out")
+            split: score_variants(
+                setup.backbone,
+                features,
+                arms.anchor,
+                variants,
+                skip,
+                desc=f"{setup.setting}: {split}",
+                effect_positions=split == "held_out",
+            )
             for split, features in (("held_out", setup.held_out), ("official", setup.official))
         }
 
@@ -454,18 +524,28 @@ def run_dose_response(setup: Setup, arms: Arms) -> dict[str, VariantScores]:
             subset = setup.train.first(dose)
             targets = module_corrections(arms.anchor, subset)
             for seed in setup.seeds:
-                for arm, module in (("trained", copy.deepcopy(arms.uncalibrated[seed])),
-                                    ("untrained", make_module(setup, "candidate", 10_000 + seed))):
+                for arm, module in (
+                    ("trained", copy.deepcopy(arms.uncalibrated[seed])),
+                    ("untrained", make_module(setup, "candidate", 10_000 + seed)),
+                ):
                     module.requires_grad_(True)
-                    calibrate(module, subset, targets, schedule, batch_windows=params["calibration_batch_windows"],
-                              seed=seed, desc=f"{setup.setting}: dose {dose}, {arm} {seed}")
+                    calibrate(
+                        module,
+                        subset,
+                        targets,
+                        schedule,
+                        batch_windows=params["calibration_batch_windows"],
+                        seed=seed,
+                        desc=f"{setup.setting}: dose {dose}, {arm} {seed}",
+                    )
                     variants[f"{arm}/{dose}/{seed}"] = module
         for seed in setup.seeds:
             variants[f"uncalibrated/{seed}"] = arms.uncalibrated[seed]
         evaluation = setup.held_out.first(params["dose_eval_windows"])
         skip = get_protocol(params["protocol"]).skip
-        _, scores = score_variants(setup.backbone, evaluation, arms.anchor, variants, skip,
-                                   desc=f"{setup.setting}: dose-response")
+        _, scores = score_variants(
+            setup.backbone, evaluation, arms.anchor, variants, skip, desc=f"{setup.setting}: dose-response"
+        )
     return scores
 
 
@@ -538,8 +618,11 @@ def _library_digest() -> str:
 def _finished_setting_path(params: dict[str, Any], setting: str) -> Path:
     """Where a finished setting is kept until the result is written, keyed by the parameters, the setting
     and the library's code."""
-    key = hashlib.sha256(json.dumps({"params": params, "setting": setting, "library": _library_digest()},
-                                    sort_keys=True, default=str).encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        json.dumps(
+            {"params": params, "setting": setting, "library": _library_digest()}, sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:24]
     return cache_dir() / "runs" / CLAIM / f"{key}.json"
 
 
@@ -562,13 +645,24 @@ def run_setting(params: dict[str, Any], setting: str, resume: bool = True) -> Se
     arms = train_arms(setup)
     scored = evaluate_arms(setup, arms)
     dose = run_dose_response(setup, arms) if setting in params["dose_settings"] else None
-    modules = {"anchor_parameters": count_parameters(arms.anchor),
-               "candidate_parameters": count_parameters(next(iter(arms.candidates.values())))}
-    run = SettingRun(setting_record(setup, arms, scored, dose), setup.backbone, setup.fingerprint_before, modules,
-                     setup.watch.resources())
+    modules = {
+        "anchor_parameters": count_parameters(arms.anchor),
+        "candidate_parameters": count_parameters(next(iter(arms.candidates.values()))),
+    }
+    run = SettingRun(
+        setting_record(setup, arms, scored, dose),
+        setup.backbone,
+        setup.fingerprint_before,
+        modules,
+        setup.watch.resources(),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept = {"record": run.record, "fingerprint_before": run.fingerprint_before, "modules": run.modules,
-            "resources": run.resources}
+    kept = {
+        "record": run.record,
+        "fingerprint_before": run.fingerprint_before,
+        "modules": run.modules,
+        "resources": run.resources,
+    }
     atomic_write_json(path, json.loads(json.dumps(kept, default=_plain_number)), indent=None)
     return run
 
@@ -584,7 +678,8 @@ def build_result(params: dict[str, Any], runs: dict[str, SettingRun]) -> dict[st
     """The result file's content: parameters, provenance, every setting's raw values, then what is derived."""
     first = next(iter(runs.values()))
     result = result_document(
-        CLAIM, params,
+        CLAIM,
+        params,
         backbone=backbone_record(first.backbone, first.fingerprint_before),
         modules=first.modules,
         timings={name: run.record["timings"] for name, run in runs.items()},

@@ -36,8 +36,9 @@ DOSE_ARMS = ("trained", "untrained")
 def _group_intervals(comparisons: dict[str, dict], group: str) -> dict[str, Any]:
     """Mean over training seeds of each metric of one seeded arm, with its Student-t interval."""
     members = [comparison for name, comparison in comparisons.items() if name.split("/")[0] == group]
-    return {metric: seed_interval([member["summary"][metric] for member in members]).to_dict()
-            for metric in GROUP_METRICS}
+    return {
+        metric: seed_interval([member["summary"][metric] for member in members]).to_dict() for metric in GROUP_METRICS
+    }
 
 
 def _contrasts(comparisons: dict[str, dict], seeds: list[int], params: dict[str, Any]) -> dict[str, Any]:
@@ -48,14 +49,27 @@ def _contrasts(comparisons: dict[str, dict], seeds: list[int], params: dict[str,
     for seed in seeds:
         candidate = comparisons[f"candidate/{seed}"]["per_window"]
         n_positions = candidate["n_positions"]
-        record = {"non_inferior_to_ceiling": non_inferiority(
-            candidate["top5"], ceiling["top5"], n_positions, params["ni_margin"], higher_is_better=True,
-            n_resamples=bootstrap["n_resamples"], seed=bootstrap["seed"])}
+        record = {
+            "non_inferior_to_ceiling": non_inferiority(
+                candidate["top5"],
+                ceiling["top5"],
+                n_positions,
+                params["ni_margin"],
+                higher_is_better=True,
+                n_resamples=bootstrap["n_resamples"],
+                seed=bootstrap["seed"],
+            )
+        }
         for floor in FLOORS:
             key = floor if floor == "no_module" else f"{floor}/{seed}"
-            difference = paired_difference_ci(candidate["top5"], comparisons[key]["per_window"]["top5"], n_positions,
-                                              one_sided=True, n_resamples=bootstrap["n_resamples"],
-                                              seed=bootstrap["seed"])
+            difference = paired_difference_ci(
+                candidate["top5"],
+                comparisons[key]["per_window"]["top5"],
+                n_positions,
+                one_sided=True,
+                n_resamples=bootstrap["n_resamples"],
+                seed=bootstrap["seed"],
+            )
             record[f"beats_{floor}"] = {**difference.to_dict(), "beats": bool(difference.low > 0)}
         out[str(seed)] = record
     return out
@@ -81,8 +95,10 @@ def _dose_response(dose: dict[str, dict], doses: list[int], seeds: list[int]) ->
     per-seed difference, and the uncalibrated candidate's top-5 on the same windows."""
     if not dose:
         return {}
-    out: dict[str, Any] = {"uncalibrated_top5": seed_interval(
-        [dose[f"uncalibrated/{s}"]["summary"]["top5"] for s in seeds]).to_dict(), "doses": {}}
+    out: dict[str, Any] = {
+        "uncalibrated_top5": seed_interval([dose[f"uncalibrated/{s}"]["summary"]["top5"] for s in seeds]).to_dict(),
+        "doses": {},
+    }
     for d in doses:
         top5 = {arm: [dose[f"{arm}/{d}/{s}"]["summary"]["top5"] for s in seeds] for arm in DOSE_ARMS}
         out["doses"][str(d)] = {
@@ -141,9 +157,14 @@ def setting_view(result: dict[str, Any], setting: str) -> dict[str, Any]:
     """One setting as a flat document (header, raw values and derived stats side by side) for reports."""
     if setting not in result["settings"]:
         raise KeyError(f"no setting {setting!r} in the result; settings: {', '.join(result['settings'])}.")
-    return {**{k: v for k, v in result.items() if k not in ("settings", "setting_stats")},
-            **result["settings"][setting], **result["setting_stats"][setting], "setting": setting,
-            "gate": result["regime_gates"][setting], "row_verdict": result["row_verdicts"][setting]}
+    return {
+        **{k: v for k, v in result.items() if k not in ("settings", "setting_stats")},
+        **result["settings"][setting],
+        **result["setting_stats"][setting],
+        "setting": setting,
+        "gate": result["regime_gates"][setting],
+        "row_verdict": result["row_verdicts"][setting],
+    }
 
 
 def claim_verdict(result: dict[str, Any]) -> str:
@@ -165,15 +186,17 @@ def glue_values(result: dict[str, Any]) -> dict[str, Any]:
     for name in result["settings"]:
         view, key = setting_view(result, name), _glue_key(name)
         top5 = view["groups"]["candidate"]["top5"]
-        values.update({
-            f"c1_{key}_verdict": view["row_verdict"],
-            f"c1_{key}_ppl_reduction": view["gate"]["module_ppl_reduction"],
-            f"c1_{key}_bare_nib": view["gate"]["bare_backbone_nib"],
-            f"c1_{key}_top5": top5["estimate"],
-            f"c1_{key}_top5_low": top5["low"],
-            f"c1_{key}_top5_high": top5["high"],
-            f"c1_{key}_ceiling_top5": view["comparisons"]["ceiling"]["summary"]["top5"],
-            f"c1_{key}_random_top5": view["groups"]["random_calibrated"]["top5"]["estimate"],
-            f"c1_{key}_no_module_top5": view["comparisons"]["no_module"]["summary"]["top5"],
-        })
+        values.update(
+            {
+                f"c1_{key}_verdict": view["row_verdict"],
+                f"c1_{key}_ppl_reduction": view["gate"]["module_ppl_reduction"],
+                f"c1_{key}_bare_nib": view["gate"]["bare_backbone_nib"],
+                f"c1_{key}_top5": top5["estimate"],
+                f"c1_{key}_top5_low": top5["low"],
+                f"c1_{key}_top5_high": top5["high"],
+                f"c1_{key}_ceiling_top5": view["comparisons"]["ceiling"]["summary"]["top5"],
+                f"c1_{key}_random_top5": view["groups"]["random_calibrated"]["top5"]["estimate"],
+                f"c1_{key}_no_module_top5": view["comparisons"]["no_module"]["summary"]["top5"],
+            }
+        )
     return values

@@ -181,11 +181,12 @@ def validate(profile: str, source: str | None = None, target: str | None = None,
         source_taps = module_taps(params["source_taps"], source_backbone)
         target_taps = module_taps(params["target_taps"], target_backbone)
         if len(source_taps) != len(target_taps):
-            raise ValueError(f"{len(source_taps)} source taps but {len(target_taps)} target taps; the module reads "
-                             "as many taps on T as on S.")
+            raise ValueError(
+                f"{len(source_taps)} source taps but {len(target_taps)} target taps; the module reads "
+                "as many taps on T as on S."
+            )
         check_protocol_fits(target_backbone, protocol)
-        params["taps"][pair_key(source_name, target_name)] = {"source": list(source_taps),
-                                                              "target": list(target_taps)}
+        params["taps"][pair_key(source_name, target_name)] = {"source": list(source_taps), "target": list(target_taps)}
     _check_source_modules(params, pairs)
     params["bootstrap"] = {"n_resamples": params["bootstrap_resamples"], "seed": 0}
     return params
@@ -198,16 +199,20 @@ def _check_source_modules(params: dict[str, Any], pairs: list[tuple[str, str]]) 
     if not files:
         return
     if len(pairs) != 1 or len(files) != len(params["seeds"]):
-        raise ValueError(f"source_modules needs exactly one pair and one file per seed ({len(params['seeds'])}); "
-                         f"got {len(pairs)} pairs and {len(files)} files.")
+        raise ValueError(
+            f"source_modules needs exactly one pair and one file per seed ({len(params['seeds'])}); "
+            f"got {len(pairs)} pairs and {len(files)} files."
+        )
     source = load_backbone(pairs[0][0])
     taps = params["taps"][pair_key(*pairs[0])]["source"]
     for path in files:
         module, record = load_module(Path(path), backbone=source, expect_family=source.spec.family)
         if list(record.taps) != taps or module.config.per_tap_norm:
-            raise ValueError(f"{path}: reads taps {list(record.taps)} (per-tap LayerNorm: "
-                             f"{module.config.per_tap_norm}); this run migrates 1-tap-style modules on taps {taps} "
-                             "without per-tap LayerNorm: pass source_taps to match, or another file.")
+            raise ValueError(
+                f"{path}: reads taps {list(record.taps)} (per-tap LayerNorm: "
+                f"{module.config.per_tap_norm}); this run migrates 1-tap-style modules on taps {taps} "
+                "without per-tap LayerNorm: pass source_taps to match, or another file."
+            )
 
 
 # -- running and the result ---------------------------------------------------------------------------
@@ -229,8 +234,13 @@ def zoo_facts(params: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def build_result(params: dict[str, Any], blocks: list[PairBlock], keys: list[str], watch: Stopwatch,
-                 zoo: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_result(
+    params: dict[str, Any],
+    blocks: list[PairBlock],
+    keys: list[str],
+    watch: Stopwatch,
+    zoo: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The result file's content: one block per pair, raw per-window values, derived sections."""
     comparisons: dict[str, Any] = {}
     official: dict[str, Any] = {}
@@ -241,8 +251,17 @@ def build_result(params: dict[str, Any], blocks: list[PairBlock], keys: list[str
         official.update(pair_official)
         pairs[key] = block
         timings.update({f"{key}: {name}": seconds for name, seconds in block["timings"].items()})
-    result = result_document(CLAIM, params, timings=timings, resources=watch.resources(), published=PUBLISHED,
-                             zoo=zoo or {}, pair_keys=keys, pairs=pairs, comparisons=comparisons, official=official)
+    result = result_document(
+        CLAIM,
+        params,
+        timings=timings,
+        resources=watch.resources(),
+        published=PUBLISHED,
+        zoo=zoo or {},
+        pair_keys=keys,
+        pairs=pairs,
+        comparisons=comparisons,
+        official=official,
+    )
     result.update(derive(result))
     return result
-

@@ -47,18 +47,37 @@ def evaluate_pair(setup: PairSetup, arms: PairArms) -> dict[str, Any]:
     params = setup.params
     skip = get_protocol(params["protocol"]).skip
     with setup.watch.time("evaluation"):
-        scored = {"held_out": score_variants(setup.target, setup.target_eval, arms.reference, arm_variants(arms),
-                                             skip, scoring_batch_windows(setup.target, setup.target_eval),
-                                             desc=f"{setup.key} held-out")}
+        scored = {
+            "held_out": score_variants(
+                setup.target,
+                setup.target_eval,
+                arms.reference,
+                arm_variants(arms),
+                skip,
+                scoring_batch_windows(setup.target, setup.target_eval),
+                desc=f"{setup.key} held-out",
+            )
+        }
         if setup.target_official is not None:
-            scored["official"] = score_variants(setup.target, setup.target_official, arms.reference,
-                                                arm_variants(arms, params["official_arms"]), skip,
-                                                scoring_batch_windows(setup.target, setup.target_official),
-                                                desc=f"{setup.key} official")
+            scored["official"] = score_variants(
+                setup.target,
+                setup.target_official,
+                arms.reference,
+                arm_variants(arms, params["official_arms"]),
+                skip,
+                scoring_batch_windows(setup.target, setup.target_official),
+                desc=f"{setup.key} official",
+            )
         source_variants = {f"module/{s}": m for s, m in arms.sources.items()}
-        scored["source"] = score_variants(setup.source, setup.source_eval, None, source_variants, 0,
-                                          scoring_batch_windows(setup.source, setup.source_eval),
-                                          desc=f"{setup.key} source")
+        scored["source"] = score_variants(
+            setup.source,
+            setup.source_eval,
+            None,
+            source_variants,
+            0,
+            scoring_batch_windows(setup.source, setup.source_eval),
+            desc=f"{setup.key} source",
+        )
     return scored
 
 
@@ -71,22 +90,34 @@ def pair_block(setup: PairSetup, arms: PairArms, scored: dict[str, Any]) -> Pair
     """``(comparisons, official, block)`` of one pair, comparisons keyed ``pair/arm[/seed]``; refuses
     the run if either backbone's weights changed."""
     bootstrap = setup.params["bootstrap"]
-    after = {"source": fingerprint_after(setup.source, setup.fingerprints_before["source"]),
-             "target": fingerprint_after(setup.target, setup.fingerprints_before["target"])}
+    after = {
+        "source": fingerprint_after(setup.source, setup.fingerprints_before["source"]),
+        "target": fingerprint_after(setup.target, setup.fingerprints_before["target"]),
+    }
     reference_held_out, held_out = scored["held_out"]
     comparisons = {f"{setup.key}/{name}": comparison_record(s, bootstrap, REFERENCE) for name, s in held_out.items()}
     official = {}
     if "official" in scored:
-        official = {f"{setup.key}/{name}": comparison_record(s, bootstrap, REFERENCE)
-                    for name, s in scored["official"][1].items()}
+        official = {
+            f"{setup.key}/{name}": comparison_record(s, bootstrap, REFERENCE)
+            for name, s in scored["official"][1].items()
+        }
     source_bare, source_modules = scored["source"]
     block = {
-        "source": {**setup.source.describe(), "taps": list(setup.source_taps),
-                   "fingerprint_before": setup.fingerprints_before["source"], "fingerprint_after": after["source"],
-                   "data": setup.source_streams.identity},
-        "target": {**setup.target.describe(), "taps": list(setup.target_taps),
-                   "fingerprint_before": setup.fingerprints_before["target"], "fingerprint_after": after["target"],
-                   "data": setup.target_streams.identity},
+        "source": {
+            **setup.source.describe(),
+            "taps": list(setup.source_taps),
+            "fingerprint_before": setup.fingerprints_before["source"],
+            "fingerprint_after": after["source"],
+            "data": setup.source_streams.identity,
+        },
+        "target": {
+            **setup.target.describe(),
+            "taps": list(setup.target_taps),
+            "fingerprint_before": setup.fingerprints_before["target"],
+            "fingerprint_after": after["target"],
+            "data": setup.target_streams.identity,
+        },
         "sentences": setup.sentences,
         "reference_nll": nll_record(reference_held_out),
         "source_nll": {"bare": nll_record(source_bare), **{k: nll_record(v) for k, v in source_modules.items()}},

@@ -72,8 +72,15 @@ class PairSetup:
     watch: Stopwatch = field(default_factory=Stopwatch)
 
 
-def spread_windows(backbone: Backbone, streams: CorpusStreams, split: str, layout: NIBProtocol, n_windows: int,
-                   window_len: int, seed: int) -> Windows:
+def spread_windows(
+    backbone: Backbone,
+    streams: CorpusStreams,
+    split: str,
+    layout: NIBProtocol,
+    n_windows: int,
+    window_len: int,
+    seed: int,
+) -> Windows:
     """Non-overlapping windows spread over the whole split (seeded), not its first files in path order."""
     stream = streams.streams[split]
     span = layout.span if backbone.is_encoder_decoder else window_len
@@ -93,14 +100,20 @@ def prepare_pair(params: dict[str, Any], pair: str) -> PairSetup:
     protocol = get_protocol(params["protocol"])
     check_protocol_fits(target, protocol)
     source_layout, target_layout = training_layout(source, params), training_layout(target, params)
-    eval_layout = protocol.with_overrides(window_len=params["eval_window_len"]) if protocol.layout == "causal" \
-        else protocol
+    eval_layout = (
+        protocol.with_overrides(window_len=params["eval_window_len"]) if protocol.layout == "causal" else protocol
+    )
     fingerprints = {"source": source.fingerprint(recompute=True), "target": target.fingerprint(recompute=True)}
     with watch.time("tokenize"):
         source_streams, target_streams = load_streams(source), load_streams(target)
         split = split_corpus(load_code_corpus())
-        text = draw_shared_text(split.train, params["n_sentences"], params["context_chars"],
-                                params["sentence_chars"], params["sentence_seed"])
+        text = draw_shared_text(
+            split.train,
+            params["n_sentences"],
+            params["context_chars"],
+            params["sentence_chars"],
+            params["sentence_seed"],
+        )
         source_tokens = tokenize_shared(text, source.tokenizer, source.name)
         target_tokens = tokenize_shared(text, target.tokenizer, target.name)
     check_paired(source_tokens, target_tokens)
@@ -108,31 +121,53 @@ def prepare_pair(params: dict[str, Any], pair: str) -> PairSetup:
     n_train, window_len = params["n_train_windows"], params["window_len"]
     windows = {
         "source_train": spread_windows(source, source_streams, train, source_layout, n_train, window_len, seed + 1),
-        "source_eval": spread_windows(source, source_streams, held_out, source_layout, params["source_eval_windows"],
-                                      window_len, seed),
+        "source_eval": spread_windows(
+            source, source_streams, held_out, source_layout, params["source_eval_windows"], window_len, seed
+        ),
         "target_train": spread_windows(target, target_streams, train, target_layout, n_train, window_len, seed + 1),
-        "target_eval": spread_windows(target, target_streams, held_out, eval_layout, params["eval_windows"],
-                                      params["eval_window_len"], seed),
+        "target_eval": spread_windows(
+            target, target_streams, held_out, eval_layout, params["eval_windows"], params["eval_window_len"], seed
+        ),
     }
     if params["official_arms"]:
         stream = target_streams.streams[params["eval_split"]]
-        windows["target_official"] = make_windows(target, stream, protocol.draw_starts(len(stream)), protocol,
-                                                  protocol.window_len)
+        windows["target_official"] = make_windows(
+            target, stream, protocol.draw_starts(len(stream)), protocol, protocol.window_len
+        )
     features: dict[str, FeatureSet | None] = {"target_official": None}
     with watch.time("extract_features"):
         for name, selected in windows.items():
             backbone, backbone_taps = (source, source_taps) if name.startswith("source") else (target, target_taps)
-            features[name] = extract_features(backbone, selected, backbone_taps, dtype=params["feature_dtype"],
-                                              desc=name)
+            features[name] = extract_features(
+                backbone, selected, backbone_taps, dtype=params["feature_dtype"], desc=name
+            )
     with watch.time("pooled_states"):
         pooled = (pooled_states(source, source_tokens, source_taps), pooled_states(target, target_tokens, target_taps))
     examples = list(zip(text.contexts, text.sentences, text.origin))[:3]
-    sentences = {"n": len(text), "text_sha256": text.sha256, "split": "train", "source": source_tokens.describe(),
-                 "target": target_tokens.describe(),
-                 "examples": [{"context": c, "sentence": s, "origin": o} for c, s, o in examples]}
-    return PairSetup(params=params, key=key, source=source, target=target, source_taps=source_taps,
-                     target_taps=target_taps, source_streams=source_streams, target_streams=target_streams,
-                     source_train=features["source_train"], source_eval=features["source_eval"],
-                     target_train=features["target_train"], target_eval=features["target_eval"],
-                     target_official=features["target_official"], sentences=sentences, pooled=pooled,
-                     fingerprints_before=fingerprints, watch=watch)
+    sentences = {
+        "n": len(text),
+        "text_sha256": text.sha256,
+        "split": "train",
+        "source": source_tokens.describe(),
+        "target": target_tokens.describe(),
+        "examples": [{"context": c, "sentence": s, "origin": o} for c, s, o in examples],
+    }
+    return PairSetup(
+        params=params,
+        key=key,
+        source=source,
+        target=target,
+        source_taps=source_taps,
+        target_taps=target_taps,
+        source_streams=source_streams,
+        target_streams=target_streams,
+        source_train=features["source_train"],
+        source_eval=features["source_eval"],
+        target_train=features["target_train"],
+        target_eval=features["target_eval"],
+        target_official=features["target_official"],
+        sentences=sentences,
+        pooled=pooled,
+        fingerprints_before=fingerprints,
+        watch=watch,
+    )

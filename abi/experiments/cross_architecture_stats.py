@@ -52,7 +52,7 @@ GROUP_METRICS = ("top5", "top1", "js", "entropy_diff", "ppl")
 def pair_comparisons(section: dict[str, Any], key: str) -> dict[str, Any]:
     """The comparisons of one pair, keyed ``arm`` or ``arm/seed`` (the pair prefix removed)."""
     prefix = f"{key}/"
-    return {name[len(prefix):]: c for name, c in section.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: c for name, c in section.items() if name.startswith(prefix)}
 
 
 def _comparison_name(arm: str, seed: int) -> str:
@@ -61,20 +61,26 @@ def _comparison_name(arm: str, seed: int) -> str:
 
 
 def _difference(candidate: dict, control: dict, metric: str, bootstrap: dict[str, int]) -> dict[str, Any]:
-    interval = paired_difference_ci(candidate["per_window"][metric], control["per_window"][metric],
-                                    candidate["per_window"]["n_positions"], n_resamples=bootstrap["n_resamples"],
-                                    seed=bootstrap["seed"]).to_dict()
+    interval = paired_difference_ci(
+        candidate["per_window"][metric],
+        control["per_window"][metric],
+        candidate["per_window"]["n_positions"],
+        n_resamples=bootstrap["n_resamples"],
+        seed=bootstrap["seed"],
+    ).to_dict()
     return {**interval, "excludes_zero": bool(interval["low"] > 0 or interval["high"] < 0)}
 
 
-def _pooled_difference(comparisons: dict[str, Any], seeds: list[int], control: str, metric: str,
-                       bootstrap: dict[str, int]) -> dict[str, Any]:
+def _pooled_difference(
+    comparisons: dict[str, Any], seeds: list[int], control: str, metric: str, bootstrap: dict[str, int]
+) -> dict[str, Any]:
     """Each window's ``migrated - control`` averaged over the seeds, then a window bootstrap."""
     migrated = np.mean([comparisons[f"migrated/{s}"]["per_window"][metric] for s in seeds], axis=0)
     controls = np.mean([comparisons[_comparison_name(control, s)]["per_window"][metric] for s in seeds], axis=0)
     n_positions = comparisons[f"migrated/{seeds[0]}"]["per_window"]["n_positions"]
-    interval = paired_difference_ci(migrated, controls, n_positions, n_resamples=bootstrap["n_resamples"],
-                                    seed=bootstrap["seed"]).to_dict()
+    interval = paired_difference_ci(
+        migrated, controls, n_positions, n_resamples=bootstrap["n_resamples"], seed=bootstrap["seed"]
+    ).to_dict()
     return {**interval, "excludes_zero": bool(interval["low"] > 0 or interval["high"] < 0)}
 
 
@@ -83,20 +89,31 @@ def _contrasts(comparisons: dict[str, Any], params: dict[str, Any]) -> dict[str,
     per_seed = {}
     for seed in seeds:
         migrated = comparisons[f"migrated/{seed}"]
-        record = {f"migrated_minus_{c}": _difference(migrated, comparisons[_comparison_name(c, seed)], "top5",
-                                                     bootstrap) for c in CONTROLS}
-        record["migrated_minus_random_module_js"] = _difference(migrated, comparisons[f"random_module/{seed}"], "js",
-                                                                bootstrap)
-        record["also_trained_minus_migrated"] = _difference(comparisons[f"also_trained/{seed}"], migrated, "top5",
-                                                            bootstrap)
+        record = {
+            f"migrated_minus_{c}": _difference(migrated, comparisons[_comparison_name(c, seed)], "top5", bootstrap)
+            for c in CONTROLS
+        }
+        record["migrated_minus_random_module_js"] = _difference(
+            migrated, comparisons[f"random_module/{seed}"], "js", bootstrap
+        )
+        record["also_trained_minus_migrated"] = _difference(
+            comparisons[f"also_trained/{seed}"], migrated, "top5", bootstrap
+        )
         record["non_inferior_to_ceiling"] = non_inferiority(
-            migrated["per_window"]["top5"], comparisons["ceiling"]["per_window"]["top5"],
-            migrated["per_window"]["n_positions"], params["ni_margin"], True, n_resamples=bootstrap["n_resamples"],
-            seed=bootstrap["seed"])
+            migrated["per_window"]["top5"],
+            comparisons["ceiling"]["per_window"]["top5"],
+            migrated["per_window"]["n_positions"],
+            params["ni_margin"],
+            True,
+            n_resamples=bootstrap["n_resamples"],
+            seed=bootstrap["seed"],
+        )
         per_seed[str(seed)] = record
     pooled = {f"migrated_minus_{c}": _pooled_difference(comparisons, seeds, c, "top5", bootstrap) for c in CONTROLS}
-    differences = [comparisons[f"migrated/{s}"]["summary"]["top5"]
-                   - comparisons[f"random_module/{s}"]["summary"]["top5"] for s in seeds]
+    differences = [
+        comparisons[f"migrated/{s}"]["summary"]["top5"] - comparisons[f"random_module/{s}"]["summary"]["top5"]
+        for s in seeds
+    ]
     pooled["migrated_minus_random_module_seed_interval"] = seed_interval(differences).to_dict()
     return {"per_seed": per_seed, "pooled": pooled}
 
@@ -120,8 +137,10 @@ def _pair_verdict(passes: bool, beats: str) -> str:
 
 
 def _perplexities(block: dict[str, Any]) -> dict[str, Any]:
-    return {"reference": perplexity_from(block["reference_nll"]),
-            "source": {name: perplexity_from(nll) for name, nll in block["source_nll"].items()}}
+    return {
+        "reference": perplexity_from(block["reference_nll"]),
+        "source": {name: perplexity_from(nll) for name, nll in block["source_nll"].items()},
+    }
 
 
 def derive(result: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +152,10 @@ def derive(result: dict[str, Any]) -> dict[str, Any]:
         comparisons = pair_comparisons(result["comparisons"], key)
         official = pair_comparisons(result["official"], key)
         out["groups"][key] = {
-            arm: {m: seed_interval([comparisons[f"{arm}/{s}"]["summary"][m] for s in seeds]).to_dict()
-                  for m in GROUP_METRICS}
+            arm: {
+                m: seed_interval([comparisons[f"{arm}/{s}"]["summary"][m] for s in seeds]).to_dict()
+                for m in GROUP_METRICS
+            }
             for arm in SEEDED_ARMS
         }
         contrasts = _contrasts(comparisons, params)
@@ -144,8 +165,9 @@ def derive(result: dict[str, Any]) -> dict[str, Any]:
         beats = _beats_random_module(contrasts, seeds)
         out["verdicts"][key] = {
             "held_out_nib_migrated": held_out,
-            "official_nib_migrated": {str(s): official[f"migrated/{s}"]["verdict"] for s in seeds
-                                      if f"migrated/{s}" in official},
+            "official_nib_migrated": {
+                str(s): official[f"migrated/{s}"]["verdict"] for s in seeds if f"migrated/{s}" in official
+            },
             "held_out_nib_by_arm": {name: c["verdict"] for name, c in comparisons.items()},
             "migrated_beats_random_module": beats,
             "claim": _pair_verdict(all(v == "PASS" for v in held_out.values()), beats),
@@ -161,33 +183,42 @@ def claim_verdict(result: dict[str, Any]) -> str:
 
 def glue_values(result: dict[str, Any]) -> dict[str, Any]:
     """Numbers the book's prose pulls in with myst-nb ``glue`` (prefix ``c2_``; pairs numbered from 1)."""
-    values: dict[str, Any] = {"c2_minutes": round(result["resources"]["wall_s"] / 60, 1),
-                              "c2_profile": result["profile"]}
+    values: dict[str, Any] = {
+        "c2_minutes": round(result["resources"]["wall_s"] / 60, 1),
+        "c2_profile": result["profile"],
+    }
     for i, key in enumerate(result["pair_keys"], start=1):
         groups, contrast = result["groups"][key], result["contrasts"][key]["pooled"]["migrated_minus_random_module"]
         comparisons = pair_comparisons(result["comparisons"], key)
         prefix = f"c2_p{i}_"
-        values.update({
-            f"{prefix}pair": key,
-            f"{prefix}verdict": result["verdicts"][key]["claim"],
-            f"{prefix}beats_random": result["verdicts"][key]["migrated_beats_random_module"],
-            f"{prefix}migrated_top5": groups["migrated"]["top5"]["estimate"],
-            f"{prefix}migrated_top5_low": groups["migrated"]["top5"]["low"],
-            f"{prefix}migrated_top5_high": groups["migrated"]["top5"]["high"],
-            f"{prefix}random_top5": groups["random_module"]["top5"]["estimate"],
-            f"{prefix}contrast": contrast["estimate"],
-            f"{prefix}contrast_low": contrast["low"],
-            f"{prefix}contrast_high": contrast["high"],
-            f"{prefix}no_module_top5": comparisons["no_module"]["summary"]["top5"],
-            f"{prefix}ceiling_top5": comparisons["ceiling"]["summary"]["top5"],
-            f"{prefix}migrated_ppl": groups["migrated"]["ppl"]["estimate"],
-            f"{prefix}reference_ppl": result["perplexities"][key]["reference"],
-        })
+        values.update(
+            {
+                f"{prefix}pair": key,
+                f"{prefix}verdict": result["verdicts"][key]["claim"],
+                f"{prefix}beats_random": result["verdicts"][key]["migrated_beats_random_module"],
+                f"{prefix}migrated_top5": groups["migrated"]["top5"]["estimate"],
+                f"{prefix}migrated_top5_low": groups["migrated"]["top5"]["low"],
+                f"{prefix}migrated_top5_high": groups["migrated"]["top5"]["high"],
+                f"{prefix}random_top5": groups["random_module"]["top5"]["estimate"],
+                f"{prefix}contrast": contrast["estimate"],
+                f"{prefix}contrast_low": contrast["low"],
+                f"{prefix}contrast_high": contrast["high"],
+                f"{prefix}no_module_top5": comparisons["no_module"]["summary"]["top5"],
+                f"{prefix}ceiling_top5": comparisons["ceiling"]["summary"]["top5"],
+                f"{prefix}migrated_ppl": groups["migrated"]["ppl"]["estimate"],
+                f"{prefix}reference_ppl": result["perplexities"][key]["reference"],
+            }
+        )
     zoo = result.get("zoo") or {}
     if zoo:
-        values.update({"c2_t5_train_s": zoo["train_wall_s"], "c2_t5_device": zoo["device"],
-                       "c2_t5_code_ppl": round(zoo["test_perplexity"]["code"], 1),
-                       "c2_t5_prose_ppl": round(zoo["test_perplexity"]["prose"], 1)})
+        values.update(
+            {
+                "c2_t5_train_s": zoo["train_wall_s"],
+                "c2_t5_device": zoo["device"],
+                "c2_t5_code_ppl": round(zoo["test_perplexity"]["code"], 1),
+                "c2_t5_prose_ppl": round(zoo["test_perplexity"]["prose"], 1),
+            }
+        )
         if "cpu_probe" in zoo:
             values["c2_t5_cpu_tokens_per_s"] = zoo["cpu_probe"]["tokens_per_s"]
             values["c2_t5_cpu_hours"] = zoo["cpu_probe"]["recipe_hours_at_this_rate"]

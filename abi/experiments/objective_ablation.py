@@ -51,11 +51,34 @@ from abi.train import calibrate, module_corrections
 CLAIM = "objective_ablation"
 
 # Claim 1's set-up, taken from its own profiles so the two claims share anchor, candidates and cache.
-_SHARED = ("backbone", "anchor_taps", "anchor_bottleneck", "anchor_per_tap_norm", "candidate_taps",
-           "candidate_bottleneck", "expansion", "proj_out_init", "split_level", "window_len", "n_train_windows",
-           "dialect_words", "dialect_seed", "domain_steps", "domain_lr", "domain_batch_windows", "domain_head_dtype",
-           "domain_val_windows", "domain_eval_every", "domain_patience", "domain_min_delta", "anchor_seed",
-           "protocol", "stat_window_len", "feature_dtype", "bootstrap_resamples")
+_SHARED = (
+    "backbone",
+    "anchor_taps",
+    "anchor_bottleneck",
+    "anchor_per_tap_norm",
+    "candidate_taps",
+    "candidate_bottleneck",
+    "expansion",
+    "proj_out_init",
+    "split_level",
+    "window_len",
+    "n_train_windows",
+    "dialect_words",
+    "dialect_seed",
+    "domain_steps",
+    "domain_lr",
+    "domain_batch_windows",
+    "domain_head_dtype",
+    "domain_val_windows",
+    "domain_eval_every",
+    "domain_patience",
+    "domain_min_delta",
+    "anchor_seed",
+    "protocol",
+    "stat_window_len",
+    "feature_dtype",
+    "bootstrap_resamples",
+)
 # The claim-1 setting (domain and correction site) whose anchor, candidates and cached features this claim uses.
 SETTING = "python"
 _OWN: dict[str, Any] = {
@@ -88,11 +111,30 @@ register_profiles(
     CLAIM,
     {
         "cpu": _profile("cpu"),
-        "smoke": _profile("smoke", calibration_steps=16, rolling_window=4, lr_grid=[5e-3, 1.5e-2], lr_sweep_extend=1,
-                          candidate_seeds=[1, 2], validation_windows=3, stat_windows=6, bootstrap_resamples=500),
-        "paper": _profile("paper", calibration_steps=16000, chunk_len=16, calibration_batch_chunks=32,
-                          lr_grid=[1.5e-3, 5e-3, 1.5e-2], candidate_seeds=[1, 2, 3, 4, 5], sweep_seed=9,
-                          validation_windows=32, stat_windows=500, score_official=True, torch_threads=0),
+        "smoke": _profile(
+            "smoke",
+            calibration_steps=16,
+            rolling_window=4,
+            lr_grid=[5e-3, 1.5e-2],
+            lr_sweep_extend=1,
+            candidate_seeds=[1, 2],
+            validation_windows=3,
+            stat_windows=6,
+            bootstrap_resamples=500,
+        ),
+        "paper": _profile(
+            "paper",
+            calibration_steps=16000,
+            chunk_len=16,
+            calibration_batch_chunks=32,
+            lr_grid=[1.5e-3, 5e-3, 1.5e-2],
+            candidate_seeds=[1, 2, 3, 4, 5],
+            sweep_seed=9,
+            validation_windows=32,
+            stat_windows=500,
+            score_official=True,
+            torch_threads=0,
+        ),
     },
 )
 
@@ -108,22 +150,28 @@ def validate(profile: str, **overrides: Any) -> dict[str, Any]:
     spec = resolve_backbone(params["backbone"])
     protocol = get_protocol(params["protocol"])
     if params["eval_split"] not in ("test", "train"):
-        raise ValueError(f"eval_split must be 'test' (held out) or 'train' (the original's in-training evaluation), "
-                         f"got {params['eval_split']!r}; the validation split is reserved for the LR sweep.")
+        raise ValueError(
+            f"eval_split must be 'test' (held out) or 'train' (the original's in-training evaluation), "
+            f"got {params['eval_split']!r}; the validation split is reserved for the LR sweep."
+        )
     objectives = params["objectives"]
     for name in objectives:
         get_objective(name)
     if len(set(objectives)) != len(objectives) or "corr_mse" not in objectives:
-        raise ValueError(f"objectives must list each objective once and include 'corr_mse' (the reference of "
-                         f"every contrast), got {objectives}.")
+        raise ValueError(
+            f"objectives must list each objective once and include 'corr_mse' (the reference of "
+            f"every contrast), got {objectives}."
+        )
     for name, hyper in params["objective_hyper"].items():
         if name not in objectives:
             raise ValueError(f"objective_hyper names {name!r}, which is not among objectives {objectives}.")
         if not isinstance(hyper, dict):
             raise ValueError(f"objective_hyper[{name!r}] must be a dict like {{'temperature': 2.0}}, got {hyper!r}.")
         check_hyper(name, hyper)
-    grids = {"lr_grid": params["lr_grid"],
-             **{f"lr_grid_overrides[{k!r}]": v for k, v in params["lr_grid_overrides"].items()}}
+    grids = {
+        "lr_grid": params["lr_grid"],
+        **{f"lr_grid_overrides[{k!r}]": v for k, v in params["lr_grid_overrides"].items()},
+    }
     for name, grid in grids.items():
         if not grid or any(not isinstance(lr, (int, float)) or not 0 < lr < 1 for lr in grid):
             raise ValueError(f"{name} must be a non-empty list of learning rates in (0, 1), got {grid!r}.")
@@ -138,11 +186,13 @@ def validate(profile: str, **overrides: Any) -> dict[str, Any]:
     if params["calibration_batch_chunks"] < 1 or params["rolling_window"] < 1:
         raise ValueError("calibration_batch_chunks and rolling_window must be positive.")
     if params["lr_sweep_extend"] < 0:
-        raise ValueError(f"lr_sweep_extend must be >= 0 (extra LRs past an edge optimum), "
-                         f"got {params['lr_sweep_extend']}.")
+        raise ValueError(
+            f"lr_sweep_extend must be >= 0 (extra LRs past an edge optimum), got {params['lr_sweep_extend']}."
+        )
     if params["torch_threads"] < 0:
-        raise ValueError(f"torch_threads must be 0 (torch's default) or a positive count, "
-                         f"got {params['torch_threads']}.")
+        raise ValueError(
+            f"torch_threads must be 0 (torch's default) or a positive count, got {params['torch_threads']}."
+        )
     params["bootstrap"] = {"n_resamples": params["bootstrap_resamples"], "seed": 0}
     return params
 
@@ -226,37 +276,71 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _calibrate_copy(setup: Setup, start: torch.nn.Module, objective: str, lr: float, seed: int,
-                    chunks: PositionChunks, targets: Tensor, label: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _calibrate_copy(
+    setup: Setup,
+    start: torch.nn.Module,
+    objective: str,
+    lr: float,
+    seed: int,
+    chunks: PositionChunks,
+    targets: Tensor,
+    label: str,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Calibrate a copy of ``start``; hidden-space objectives get no backbone (they cannot touch it)."""
     params = setup.params
     module = copy.deepcopy(start)
     loss = build_objective(params, objective)
     schedule = PhaseSchedule.release_calibration(params["calibration_steps"], lr)
     wall, cpu = time.perf_counter(), _cpu_seconds()
-    log = calibrate(module, chunks, targets, schedule, objective=loss,
-                    batch_windows=params["calibration_batch_chunks"], seed=seed,
-                    rolling_window=params["rolling_window"], backbone=setup.backbone if loss.needs_head else None,
-                    desc=label)
+    log = calibrate(
+        module,
+        chunks,
+        targets,
+        schedule,
+        objective=loss,
+        batch_windows=params["calibration_batch_chunks"],
+        seed=seed,
+        rolling_window=params["rolling_window"],
+        backbone=setup.backbone if loss.needs_head else None,
+        desc=label,
+    )
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-    record = {"objective": objective, "lr": lr, "seed": seed, "losses": log.losses, "best_step": log.best_step,
-              "best_rolling_loss_logged": log.best_rolling_loss,
-              "backbone_passed": loss.needs_head, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-              "s_per_step": wall / schedule.total_steps}
+    record = {
+        "objective": objective,
+        "lr": lr,
+        "seed": seed,
+        "losses": log.losses,
+        "best_step": log.best_step,
+        "best_rolling_loss_logged": log.best_rolling_loss,
+        "backbone_passed": loss.needs_head,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "s_per_step": wall / schedule.total_steps,
+    }
     return module, record
 
 
-def _validation_scores(setup: Setup, anchor: torch.nn.Module, modules: dict[str, torch.nn.Module],
-                       label: str) -> dict[str, dict[str, list]]:
+def _validation_scores(
+    setup: Setup, anchor: torch.nn.Module, modules: dict[str, torch.nn.Module], label: str
+) -> dict[str, dict[str, list]]:
     """Per-window NIB of the sweep's modules on the validation windows (the anchor's logits made once)."""
     skip = get_protocol(setup.params["protocol"]).skip
     _, scores = score_variants(setup.backbone, setup.curve, anchor, modules, skip, desc=label)
-    return {name: {k: list(variant.per_window[k]) for k in ("top5", "top1", "js", "n_positions")}
-            for name, variant in scores.items()}
+    return {
+        name: {k: list(variant.per_window[k]) for k in ("top5", "top1", "js", "n_positions")}
+        for name, variant in scores.items()
+    }
 
 
-def _sweep(setup: Setup, anchor: torch.nn.Module, start: torch.nn.Module, objective: str, batches: int,
-           chunks: PositionChunks, targets: Tensor) -> tuple[list[dict[str, Any]], dict[str, torch.nn.Module]]:
+def _sweep(
+    setup: Setup,
+    anchor: torch.nn.Module,
+    start: torch.nn.Module,
+    objective: str,
+    batches: int,
+    chunks: PositionChunks,
+    targets: Tensor,
+) -> tuple[list[dict[str, Any]], dict[str, torch.nn.Module]]:
     """Calibrate ``start`` at every LR of the grid, score each on the validation windows, and go on one LR
     past an edge optimum (at the grid's ratio) up to ``lr_sweep_extend`` times."""
     params = setup.params
@@ -266,11 +350,12 @@ def _sweep(setup: Setup, anchor: torch.nn.Module, start: torch.nn.Module, object
     for _ in range(params["lr_sweep_extend"] + 1):
         new = {}
         for lr in todo:
-            new[str(lr)], record = _calibrate_copy(setup, start, objective, lr, batches, chunks, targets,
-                                                   f"sweep {objective} lr={lr:g}")
+            new[str(lr)], record = _calibrate_copy(
+                setup, start, objective, lr, batches, chunks, targets, f"sweep {objective} lr={lr:g}"
+            )
             records.append(record)
         scores = _validation_scores(setup, anchor, new, f"validation: sweep {objective}")
-        for record in records[-len(todo):]:
+        for record in records[-len(todo) :]:
             record["validation"] = scores[str(record["lr"])]
         modules.update(new)
         step = next_lr(records, params["rolling_window"])
@@ -309,8 +394,9 @@ def _train_arms(setup: Setup) -> Arms:
     runs: dict[str, dict[int, torch.nn.Module]] = {name: {} for name in params["objectives"]}
     for objective in params["objectives"]:
         with watch.time("lr_sweep"):
-            sweep[objective], modules = _sweep(setup, anchor, candidates[sweep_seed], objective, sweep_batches,
-                                               chunks, targets)
+            sweep[objective], modules = _sweep(
+                setup, anchor, candidates[sweep_seed], objective, sweep_batches, chunks, targets
+            )
             best = select_lr(sweep[objective], params["rolling_window"])["best_lr"]
         if reuse:
             runs[objective][sweep_seed] = modules[str(best)]
@@ -319,8 +405,9 @@ def _train_arms(setup: Setup) -> Arms:
         with watch.time("calibration"):
             for seed in params["candidate_seeds"]:
                 if seed not in runs[objective]:
-                    runs[objective][seed], record = _calibrate_copy(setup, candidates[seed], objective, best, seed,
-                                                                    chunks, targets, f"{objective} seed {seed}")
+                    runs[objective][seed], record = _calibrate_copy(
+                        setup, candidates[seed], objective, best, seed, chunks, targets, f"{objective} seed {seed}"
+                    )
                     logs["runs"][f"{objective}/{seed}"] = record
     uncalibrated = {seed: candidates[seed] for seed in params["candidate_seeds"]}
     return Arms(anchor=anchor, uncalibrated=uncalibrated, runs=runs, sweep=sweep, logs=logs)
@@ -369,10 +456,14 @@ def build_result(setup: Setup, arms: Arms, scored: dict) -> dict[str, Any]:
     params = setup.params
     backbone = backbone_record(setup.backbone, setup.fingerprint_before)
     anchor_held_out, held_out = scored["held_out"]
-    official = ({name: comparison_record(s, params["bootstrap"], "anchor") for name, s in scored["official"][1].items()}
-                if "official" in scored else {})
+    official = (
+        {name: comparison_record(s, params["bootstrap"], "anchor") for name, s in scored["official"][1].items()}
+        if "official" in scored
+        else {}
+    )
     result = result_document(
-        CLAIM, params,
+        CLAIM,
+        params,
         backbone=backbone,
         data=setup.streams.identity,
         objectives={name: build_objective(params, name).describe() for name in params["objectives"]},
@@ -387,4 +478,3 @@ def build_result(setup: Setup, arms: Arms, scored: dict) -> dict[str, Any]:
     )
     result.update(derive(result))
     return result
-

@@ -50,7 +50,7 @@ def best_rolling_loss(losses: list[float], window: int) -> float:
     """The loss of the checkpoint calibrate restores: the best ``window``-step rolling mean."""
     if len(losses) <= window:
         return sum(losses) / len(losses)
-    return min(sum(losses[s - window + 1: s + 1]) / window for s in range(window - 1, len(losses)))
+    return min(sum(losses[s - window + 1 : s + 1]) / window for s in range(window - 1, len(losses)))
 
 
 def _position_weighted_mean(values: list[float], n_positions: list[float]) -> float:
@@ -61,10 +61,15 @@ def select_lr(records: list[dict[str, Any]], rolling_window: int) -> dict[str, A
     """Best LR of one objective: highest validation top-5 (ties: the lower LR); whether it is the lowest or
     highest LR tried (an edge optimum: the sweep may not contain the objective's best LR)."""
     table = sorted(
-        ({"lr": r["lr"],
-          "validation_top5": _position_weighted_mean(r["validation"]["top5"], r["validation"]["n_positions"]),
-          "validation_js": _position_weighted_mean(r["validation"]["js"], r["validation"]["n_positions"]),
-          "final_loss": best_rolling_loss(r["losses"], rolling_window)} for r in records),
+        (
+            {
+                "lr": r["lr"],
+                "validation_top5": _position_weighted_mean(r["validation"]["top5"], r["validation"]["n_positions"]),
+                "validation_js": _position_weighted_mean(r["validation"]["js"], r["validation"]["n_positions"]),
+                "final_loss": best_rolling_loss(r["losses"], rolling_window),
+            }
+            for r in records
+        ),
         key=lambda row: row["lr"],
     )
     best = max(range(len(table)), key=lambda i: (table[i]["validation_top5"], -i))
@@ -96,12 +101,15 @@ def _groups(result: dict[str, Any]) -> dict[str, Any]:
     seeds = [str(s) for s in params["candidate_seeds"]]
     out = {}
     for group in [*params["objectives"], "uncalibrated"]:
-        stats = {metric: _interval_over_seeds([comparisons[f"{group}/{s}"]["summary"][metric] for s in seeds])
-                 for metric in GROUP_METRICS}
+        stats = {
+            metric: _interval_over_seeds([comparisons[f"{group}/{s}"]["summary"][metric] for s in seeds])
+            for metric in GROUP_METRICS
+        }
         stats["n_pass"] = sum(comparisons[f"{group}/{s}"]["verdict"] == "PASS" for s in seeds)
         if group != "uncalibrated":
             stats["final_loss"] = _interval_over_seeds(
-                [best_rolling_loss(runs[f"{group}/{s}"]["losses"], params["rolling_window"]) for s in seeds])
+                [best_rolling_loss(runs[f"{group}/{s}"]["losses"], params["rolling_window"]) for s in seeds]
+            )
         out[group] = stats
     return out
 
@@ -123,11 +131,20 @@ def _contrast(result: dict[str, Any], a: str, b: str, metric: str = "top5") -> d
     per_seed, differences = {}, []
     for seed in (str(s) for s in params["candidate_seeds"]):
         windows_a, windows_b = comparisons[f"{a}/{seed}"]["per_window"], comparisons[f"{b}/{seed}"]["per_window"]
-        difference = paired_difference_ci(windows_a[metric], windows_b[metric], windows_a["n_positions"],
-                                          n_resamples=bootstrap["n_resamples"], seed=bootstrap["seed"])
+        difference = paired_difference_ci(
+            windows_a[metric],
+            windows_b[metric],
+            windows_a["n_positions"],
+            n_resamples=bootstrap["n_resamples"],
+            seed=bootstrap["seed"],
+        )
         per_window = np.asarray(windows_a[metric], float) - np.asarray(windows_b[metric], float)
-        per_seed[seed] = {**difference.to_dict(), "five_window_reversal": _five_window_reversal(
-            per_window, np.asarray(windows_a["n_positions"], float), bootstrap["seed"])}
+        per_seed[seed] = {
+            **difference.to_dict(),
+            "five_window_reversal": _five_window_reversal(
+                per_window, np.asarray(windows_a["n_positions"], float), bootstrap["seed"]
+            ),
+        }
         differences.append(difference.estimate)
     over = seed_interval(differences).to_dict()
     sign = "a_higher" if over["low"] > 0 else "b_higher" if over["high"] < 0 else "not_separable"
@@ -144,11 +161,23 @@ def _kl_statement(result: dict[str, Any], groups: dict[str, Any]) -> dict[str, A
     held_kl = _contrast(result, "kl_logits", "corr_mse", "kl_ac")
     lower_loss = "yes" if reduction["low"] > 0 else "no" if reduction["high"] < 0 else "not_separable"
     lower_top5 = {"a_higher": "yes", "b_higher": "no"}.get(top5["direction"], "not_separable")
-    verdict = ("confirmed" if lower_loss == lower_top5 == "yes" else
-               "refuted" if "no" in (lower_loss, lower_top5) else "inconclusive")
-    return {"status": "run", "training_loss_reduction": reduction, "kl_has_lower_training_loss": lower_loss,
-            "top5_drop": top5, "kl_has_lower_top5": lower_top5, "held_out_kl_difference": held_kl,
-            "temperature": result["objectives"]["kl_logits"]["hyper"]["temperature"], "verdict": verdict}
+    verdict = (
+        "confirmed"
+        if lower_loss == lower_top5 == "yes"
+        else "refuted"
+        if "no" in (lower_loss, lower_top5)
+        else "inconclusive"
+    )
+    return {
+        "status": "run",
+        "training_loss_reduction": reduction,
+        "kl_has_lower_training_loss": lower_loss,
+        "top5_drop": top5,
+        "kl_has_lower_top5": lower_top5,
+        "held_out_kl_difference": held_kl,
+        "temperature": result["objectives"]["kl_logits"]["hyper"]["temperature"],
+        "verdict": verdict,
+    }
 
 
 def _best_statement(result: dict[str, Any], groups: dict[str, Any], contrasts: dict[str, Any]) -> dict[str, Any]:
@@ -158,9 +187,14 @@ def _best_statement(result: dict[str, Any], groups: dict[str, Any], contrasts: d
     better = [n for n in rivals if contrasts[n]["direction"] == "b_higher"]
     worse = [n for n in rivals if contrasts[n]["direction"] == "a_higher"]
     verdict = "refuted" if better else "confirmed" if len(worse) == len(rivals) else "inconclusive"
-    return {"rivals": rivals, "significantly_worse": worse, "significantly_better": better,
-            "not_separable": [n for n in rivals if n not in better + worse],
-            "highest_mean_top5": max(means, key=means.get), "verdict": verdict}
+    return {
+        "rivals": rivals,
+        "significantly_worse": worse,
+        "significantly_better": better,
+        "not_separable": [n for n in rivals if n not in better + worse],
+        "highest_mean_top5": max(means, key=means.get),
+        "verdict": verdict,
+    }
 
 
 def derive(result: dict[str, Any]) -> dict[str, Any]:
@@ -174,8 +208,10 @@ def derive(result: dict[str, Any]) -> dict[str, Any]:
         "groups": groups,
         "contrasts": contrasts,
         "vs_uncalibrated": floors,
-        "statements": {"kl": _kl_statement(result, groups),
-                       "corr_mse_best": _best_statement(result, groups, contrasts)},
+        "statements": {
+            "kl": _kl_statement(result, groups),
+            "corr_mse_best": _best_statement(result, groups, contrasts),
+        },
         "cost": _cost(result),
         "loss_vs_agreement": _loss_vs_agreement(result),
     }
@@ -198,11 +234,15 @@ def _cost(result: dict[str, Any]) -> dict[str, Any]:
     """Seconds per calibration step of each objective (median over its runs), and whether it used the backbone."""
     runs = result["training"]["runs"]
     return {
-        name: {"median_s_per_step": float(np.median([r["s_per_step"] for k, r in runs.items()
-                                                     if k.split("/")[0] == name])),
-               "median_cpu_s_per_step": float(np.median([r["cpu_s"] / len(r["losses"]) for k, r in runs.items()
-                                                         if k.split("/")[0] == name])),
-               "backbone_passed": any(r["backbone_passed"] for k, r in runs.items() if k.split("/")[0] == name)}
+        name: {
+            "median_s_per_step": float(
+                np.median([r["s_per_step"] for k, r in runs.items() if k.split("/")[0] == name])
+            ),
+            "median_cpu_s_per_step": float(
+                np.median([r["cpu_s"] / len(r["losses"]) for k, r in runs.items() if k.split("/")[0] == name])
+            ),
+            "backbone_passed": any(r["backbone_passed"] for k, r in runs.items() if k.split("/")[0] == name),
+        }
         for name in result["parameters"]["objectives"]
     }
 
@@ -231,14 +271,16 @@ def glue_values(result: dict[str, Any]) -> dict[str, Any]:
     }
     kl = statements["kl"]
     if kl["status"] == "run":
-        values.update({
-            "c3_kl_verdict": kl["verdict"],
-            "c3_kl_top5": groups["kl_logits"]["top5"]["estimate"],
-            "c3_kl_drop": kl["top5_drop"]["over_seeds"]["estimate"],
-            "c3_kl_drop_low": kl["top5_drop"]["over_seeds"]["low"],
-            "c3_kl_drop_high": kl["top5_drop"]["over_seeds"]["high"],
-            "c3_kl_loss_reduction": kl["training_loss_reduction"]["estimate"],
-        })
+        values.update(
+            {
+                "c3_kl_verdict": kl["verdict"],
+                "c3_kl_top5": groups["kl_logits"]["top5"]["estimate"],
+                "c3_kl_drop": kl["top5_drop"]["over_seeds"]["estimate"],
+                "c3_kl_drop_low": kl["top5_drop"]["over_seeds"]["low"],
+                "c3_kl_drop_high": kl["top5_drop"]["over_seeds"]["high"],
+                "c3_kl_loss_reduction": kl["training_loss_reduction"]["estimate"],
+            }
+        )
     if "logit_mse" in groups:
         values["c3_logit_mse_top5"] = groups["logit_mse"]["top5"]["estimate"]
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}

@@ -71,8 +71,10 @@ def save_figure(fig: plt.Figure, path: Path, result: dict[str, Any]) -> Path:
     path = Path(path)
     if path.stem not in declared_figures():
         plt.close(fig)
-        raise ValueError(f"{path.name}: not a declared figure; add {path.stem!r} to FIGURES of its abi.plotting "
-                         f"module (declared: {', '.join(sorted(declared_figures()))}).")
+        raise ValueError(
+            f"{path.name}: not a declared figure; add {path.stem!r} to FIGURES of its abi.plotting "
+            f"module (declared: {', '.join(sorted(declared_figures()))})."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     stamps = {RESULT_STAMP: result_hash(result), NAME_STAMP: path.stem}

@@ -32,10 +32,13 @@ def plot_perplexities(result: dict[str, Any], path: Path) -> Path:
         conditions = list(ppl)
         y = np.arange(len(conditions))[::-1]
         estimates = np.array([ppl[c]["estimate"] for c in conditions])
-        errors = np.array([[ppl[c]["estimate"] - ppl[c]["low"], ppl[c]["high"] - ppl[c]["estimate"]]
-                           for c in conditions]).T
-        colors = [palette[0] if c.startswith("B/") else palette[1] if c.startswith("plain/") else palette[2]
-                  for c in conditions]
+        errors = np.array(
+            [[ppl[c]["estimate"] - ppl[c]["low"], ppl[c]["high"] - ppl[c]["estimate"]] for c in conditions]
+        ).T
+        colors = [
+            palette[0] if c.startswith("B/") else palette[1] if c.startswith("plain/") else palette[2]
+            for c in conditions
+        ]
         hatches = ["//" if c.endswith(("fresh", "oracle")) else "" for c in conditions]
         bars = ax.barh(y, estimates, xerr=errors, color=colors, alpha=0.85, capsize=3, edgecolor="k", lw=0.5)
         for bar, hatch in zip(bars, hatches):
@@ -46,8 +49,10 @@ def plot_perplexities(result: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("held-out code perplexity (lower is better)")
         ax.set_xlim(0, float(np.max([ppl[c]["high"] for c in conditions])) * 1.2)
         ax.set_title(name)
-    fig.suptitle("Domain perplexity before and after the backbone update (bars: 95% window-bootstrap CI; "
-                 "hatched: oracles)", fontsize=11)
+    fig.suptitle(
+        "Domain perplexity before and after the backbone update (bars: 95% window-bootstrap CI; hatched: oracles)",
+        fontsize=11,
+    )
     fig.tight_layout()
     return save_figure(fig, path, result)
 
@@ -72,9 +77,17 @@ def plot_efficacy(result: dict[str, Any], path: Path, clip: tuple[float, float] 
             low = low_clip if efficacy["low"] is None else float(np.clip(efficacy["low"], low_clip, high_clip))
             high = high_clip if efficacy["high"] is None else float(np.clip(efficacy["high"], low_clip, high_clip))
             face = "white" if efficacy["ill_conditioned"] else palette[oracle]
-            ax.errorbar(x + offset, estimate, yerr=[[estimate - low], [high - estimate]], fmt="o", ms=7,
-                        color=palette[oracle], mfc=face, capsize=4,
-                        label=_ORACLE_LABELS[oracle] if x == 0 else None)
+            ax.errorbar(
+                x + offset,
+                estimate,
+                yerr=[[estimate - low], [high - estimate]],
+                fmt="o",
+                ms=7,
+                color=palette[oracle],
+                mfc=face,
+                capsize=4,
+                label=_ORACLE_LABELS[oracle] if x == 0 else None,
+            )
             for bound, marker in ((low, "v"), (high, "^")):
                 if bound in clip:
                     ax.plot(x + offset, bound, marker, color=palette[oracle], ms=6)
@@ -82,11 +95,20 @@ def plot_efficacy(result: dict[str, Any], path: Path, clip: tuple[float, float] 
     t5 = published["t5-large"]
     ill_conditioned_below = result["parameters"]["ill_conditioned_fraction"] * t5["raw_ppl"]
     t5_ill_conditioned = t5["raw_ppl"] - t5["oracle_ppl"] < ill_conditioned_below
-    extra = [("published\nT5-large", t5["efficacy"], t5_ill_conditioned),
-             ("published\nGPT-2-medium", published["gpt2-medium"]["efficacy"], False)]
+    extra = [
+        ("published\nT5-large", t5["efficacy"], t5_ill_conditioned),
+        ("published\nGPT-2-medium", published["gpt2-medium"]["efficacy"], False),
+    ]
     for i, (_, value, ill) in enumerate(extra):
-        ax.plot(len(groups) + i, value, "*", color="crimson", mfc="white" if ill else "crimson", ms=14,
-                label="published (original's oracle; hollow: ill-conditioned by our rule)" if i == 0 else None)
+        ax.plot(
+            len(groups) + i,
+            value,
+            "*",
+            color="crimson",
+            mfc="white" if ill else "crimson",
+            ms=14,
+            label="published (original's oracle; hollow: ill-conditioned by our rule)" if i == 0 else None,
+        )
     line = result["parameters"]["pass_efficacy"]
     ax.axhline(line, color="k", ls="--", lw=1, label=f"pass line ({line:.0%})")
     ax.axhline(1.0, color="grey", ls=":", lw=1, label="100%: as good as the oracle")
@@ -98,6 +120,8 @@ def plot_efficacy(result: dict[str, Any], path: Path, clip: tuple[float, float] 
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     ax.set_ylabel("transfer efficacy")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title("Zero-shot transfer efficacy of the old module on the updated backbone (95% paired window "
-                 "bootstrap)", fontsize=10)
+    ax.set_title(
+        "Zero-shot transfer efficacy of the old module on the updated backbone (95% paired window bootstrap)",
+        fontsize=10,
+    )
     return save_figure(fig, path, result)

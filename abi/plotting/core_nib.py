@@ -16,7 +16,7 @@ from abi.plotting.curves import rolling_curve
 # The figures this module draws, file stem -> what it shows: the verifier expects each one.
 FIGURES: dict[str, str] = {
     "core_nib_regimes": "regime gate of every setting: the anchor's perplexity reduction and the bare backbone's "
-                        "held-out NIB top-5 against the anchor",
+    "held-out NIB top-5 against the anchor",
     "core_nib_calibration": "calibration curves per setting: training and validation corrMSE, validation top-5",
     "core_nib_arms": "held-out NIB metrics of each arm per setting, with 95% CIs, thresholds and published values",
     "core_nib_dose": "calibration-data dose-response: trained vs untrained module, top-5 with the anchor",
@@ -51,9 +51,14 @@ def plot_regimes(result: dict[str, Any], path: Path) -> Path:
     axes[0].set(xlabel="held-out perplexity reduction by the anchor (%)", title="does the module matter?")
     bare = [setting_view(result, s)["comparisons"]["no_module"]["ci"]["top5"] for s in settings]
     y = np.arange(len(settings))
-    axes[1].errorbar([b["estimate"] for b in bare], y, xerr=[[b["estimate"] - b["low"] for b in bare],
-                                                             [b["high"] - b["estimate"] for b in bare]],
-                     fmt="o", color="#D55E00", capsize=3)
+    axes[1].errorbar(
+        [b["estimate"] for b in bare],
+        y,
+        xerr=[[b["estimate"] - b["low"] for b in bare], [b["high"] - b["estimate"] for b in bare]],
+        fmt="o",
+        color="#D55E00",
+        capsize=3,
+    )
     axes[1].set_yticks(y, labels)
     axes[1].axvline(THRESHOLDS["top5"], color="k", ls="--", lw=1, label="NIB top-5 threshold")
     axes[1].set(xlabel="bare backbone's top-5 overlap with the anchor", title="does the bare backbone fail?")
@@ -118,8 +123,15 @@ def plot_nib_arms(result: dict[str, Any], path: Path, order: tuple[str, ...] = t
                 x = order.index(group)
                 members = [p for p in points if p[0] == group]
                 offset = (members.index((group, seed, estimate, low, high)) - (len(members) - 1) / 2) * 0.12
-                ax.errorbar(x + offset, estimate, yerr=[[estimate - low], [high - estimate]], fmt="o",
-                            color=palette[group], capsize=3, ms=5)
+                ax.errorbar(
+                    x + offset,
+                    estimate,
+                    yerr=[[estimate - low], [high - estimate]],
+                    fmt="o",
+                    color=palette[group],
+                    capsize=3,
+                    ms=5,
+                )
             ax.axhline(THRESHOLDS[metric], color="k", ls="--", lw=1, label="NIB threshold")
             if metric in published:
                 ax.axhline(published[metric], color="#CC79A7", ls=":", lw=1.5, label="published (T5-large)")
@@ -138,8 +150,9 @@ def plot_dose_response(result: dict[str, Any], path: Path) -> Path:
     settings = [s for s in result["settings"] if result["setting_stats"][s]["dose_response"]]
     fig, axes = plt.subplots(1, max(len(settings), 1), figsize=(6.5 * max(len(settings), 1), 4.4), squeeze=False)
     if not settings:
-        axes[0, 0].text(0.5, 0.5, "no setting of this run has a dose-response (dose_settings is empty)",
-                        ha="center", va="center")
+        axes[0, 0].text(
+            0.5, 0.5, "no setting of this run has a dose-response (dose_settings is empty)", ha="center", va="center"
+        )
         axes[0, 0].set_axis_off()
         return save_figure(fig, path, result)
     colors = {"trained": "#0072B2", "untrained": "#E69F00"}
@@ -150,17 +163,31 @@ def plot_dose_response(result: dict[str, Any], path: Path) -> Path:
         for k, arm in enumerate(("trained", "untrained")):
             stats = [dose["doses"][str(d)][arm] for d in doses]
             x = np.array(doses) * (1.06 if k else 1 / 1.06)
-            ax.errorbar(x, [s["estimate"] for s in stats],
-                        yerr=[[s["estimate"] - s["low"] for s in stats], [s["high"] - s["estimate"] for s in stats]],
-                        fmt="o-", color=colors[arm], capsize=3, label=labels[arm])
-        ax.axhline(dose["uncalibrated_top5"]["estimate"], color="#009E73", ls="-.", lw=1.2,
-                   label="trained candidate, uncalibrated")
+            ax.errorbar(
+                x,
+                [s["estimate"] for s in stats],
+                yerr=[[s["estimate"] - s["low"] for s in stats], [s["high"] - s["estimate"] for s in stats]],
+                fmt="o-",
+                color=colors[arm],
+                capsize=3,
+                label=labels[arm],
+            )
+        ax.axhline(
+            dose["uncalibrated_top5"]["estimate"],
+            color="#009E73",
+            ls="-.",
+            lw=1.2,
+            label="trained candidate, uncalibrated",
+        )
         ax.axhline(THRESHOLDS["top5"], color="k", ls="--", lw=1, label="NIB threshold")
         ax.set_xscale("log")
         ax.set_xticks(doses, [str(d) for d in doses])
         ax.minorticks_off()
-        ax.set(xlabel="calibration windows", ylabel="held-out top-5 overlap with the anchor",
-               title=setting_label(result, setting))
+        ax.set(
+            xlabel="calibration windows",
+            ylabel="held-out top-5 overlap with the anchor",
+            title=setting_label(result, setting),
+        )
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Calibration-data dose-response (mean over seeds, 95% seed interval)")
     fig.tight_layout()

@@ -33,16 +33,32 @@ def plot_scaling(benchmarks: dict[str, Any], path: Path) -> Path:
             low = [p["per_step"]["min_s"] * 1000 for p in points]
             high = [p["per_step"]["max_s"] * 1000 for p in points]
             growth = scaling["growth"][f"{stage}_vs_{variable}"]["exponent"]
-            axis.errorbar(x, y, yerr=[[a - b for a, b in zip(y, low)], [b - a for a, b in zip(y, high)]],
-                          marker="o", capsize=3, label=f"{label}: ~x^{growth:.2f}")
-        axis.set(xscale="log", yscale="log", xlabel=variable, ylabel="ms per step",
-                 title=f"time per step against {variable}")
+            axis.errorbar(
+                x,
+                y,
+                yerr=[[a - b for a, b in zip(y, low)], [b - a for a, b in zip(y, high)]],
+                marker="o",
+                capsize=3,
+                label=f"{label}: ~x^{growth:.2f}",
+            )
+        axis.set(
+            xscale="log", yscale="log", xlabel=variable, ylabel="ms per step", title=f"time per step against {variable}"
+        )
         axis.legend(fontsize=8)
     nib = scaling["nib_vs_windows"]
-    axes[2].plot([p["windows"] for p in nib], [p["time"]["median_s"] for p in nib], marker="o",
-                 label=f"~x^{scaling['growth']['nib_vs_windows']['exponent']:.2f}")
-    axes[2].set(xscale="log", yscale="log", xlabel="windows of 128 positions", ylabel="seconds",
-                title=f"NIB metric, vocabulary {nib[0]['vocab']:,}")
+    axes[2].plot(
+        [p["windows"] for p in nib],
+        [p["time"]["median_s"] for p in nib],
+        marker="o",
+        label=f"~x^{scaling['growth']['nib_vs_windows']['exponent']:.2f}",
+    )
+    axes[2].set(
+        xscale="log",
+        yscale="log",
+        xlabel="windows of 128 positions",
+        ylabel="seconds",
+        title=f"NIB metric, vocabulary {nib[0]['vocab']:,}",
+    )
     axes[2].legend(fontsize=8)
     fig.suptitle(f"Scaling on {benchmarks['device']} (median of repeats; bars: min-max)")
     return save_figure(fig, path, benchmarks)

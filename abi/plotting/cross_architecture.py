@@ -52,16 +52,26 @@ def plot_arms(result: dict[str, Any], path: Path) -> Path:
                         ax.plot(x + offset, comparisons[name]["summary"]["ppl"], "o", color=palette[arm], ms=5)
                         continue
                     window_ci = comparisons[name]["ci"][metric]
-                    ax.errorbar(x + offset, window_ci["estimate"],
-                                yerr=[[window_ci["estimate"] - window_ci["low"]],
-                                      [window_ci["high"] - window_ci["estimate"]]],
-                                fmt="o", color=palette[arm], capsize=2, ms=4)
+                    ax.errorbar(
+                        x + offset,
+                        window_ci["estimate"],
+                        yerr=[[window_ci["estimate"] - window_ci["low"]], [window_ci["high"] - window_ci["estimate"]]],
+                        fmt="o",
+                        color=palette[arm],
+                        capsize=2,
+                        ms=4,
+                    )
                 if arm in SEEDED_ARMS:
                     mean = result["groups"][key][arm][metric]["estimate"]
                     ax.hlines(mean, x - 0.3, x + 0.3, color=palette[arm], lw=2)
             if metric == "ppl":
-                ax.axhline(result["perplexities"][key]["reference"], color="0.4", ls="-.", lw=1.2,
-                           label="native module (reference)")
+                ax.axhline(
+                    result["perplexities"][key]["reference"],
+                    color="0.4",
+                    ls="-.",
+                    lw=1.2,
+                    label="native module (reference)",
+                )
             else:
                 ax.axhline(THRESHOLDS[metric], color="k", ls="--", lw=1, label="NIB threshold")
                 ax.axhline(published[metric], color="crimson", ls=":", lw=1.5, label="published (T5-large -> GPT-2-m)")
@@ -71,8 +81,11 @@ def plot_arms(result: dict[str, Any], path: Path) -> Path:
     for ax in (axes[0][0], axes[0][-1]):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.suptitle("NIB against the native target module on held-out windows "
-                 "(points: training seeds, 95% window-bootstrap CI; bars: mean over seeds)", y=1.0)
+    fig.suptitle(
+        "NIB against the native target module on held-out windows "
+        "(points: training seeds, 95% window-bootstrap CI; bars: mean over seeds)",
+        y=1.0,
+    )
     fig.tight_layout()
     fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9)
     return save_figure(fig, path, result)

@@ -45,23 +45,47 @@ def plot_objective_top5(result: dict[str, Any], path: Path) -> Path:
             window_ci = result["comparisons"][f"{name}/{seed}"]["ci"]["top5"]
             estimate = window_ci["estimate"]
             offset = (i - (len(seeds) - 1) / 2) * 0.1 - 0.12
-            ax.errorbar(x + offset, estimate, yerr=[[estimate - window_ci["low"]], [window_ci["high"] - estimate]],
-                        fmt="o", ms=4, color=palette[name], alpha=0.6, capsize=2)
+            ax.errorbar(
+                x + offset,
+                estimate,
+                yerr=[[estimate - window_ci["low"]], [window_ci["high"] - estimate]],
+                fmt="o",
+                ms=4,
+                color=palette[name],
+                alpha=0.6,
+                capsize=2,
+            )
         group = result["groups"][name]["top5"]
         low = group["low"] if group["low"] is not None else group["estimate"]
         high = group["high"] if group["high"] is not None else group["estimate"]
-        ax.errorbar(x + 0.25, group["estimate"], yerr=[[group["estimate"] - low], [high - group["estimate"]]],
-                    fmt="D", ms=8, color=palette[name], capsize=5, lw=2)
+        ax.errorbar(
+            x + 0.25,
+            group["estimate"],
+            yerr=[[group["estimate"] - low], [high - group["estimate"]]],
+            fmt="D",
+            ms=8,
+            color=palette[name],
+            capsize=5,
+            lw=2,
+        )
     uncal = result["groups"]["uncalibrated"]["top5"]
-    ax.axhspan(min(uncal["per_seed"]), max(uncal["per_seed"]) + 1e-4, color="grey", alpha=0.25,
-               label="uncalibrated candidates (floor)")
+    ax.axhspan(
+        min(uncal["per_seed"]),
+        max(uncal["per_seed"]) + 1e-4,
+        color="grey",
+        alpha=0.25,
+        label="uncalibrated candidates (floor)",
+    )
     ax.axhline(result["comparisons"]["no_module"]["summary"]["top5"], color="grey", ls=":", label="bare backbone")
     ax.axhline(THRESHOLDS["top5"], color="k", ls="--", lw=1, label="NIB threshold")
     ax.set_xticks(range(len(names)), [objective_label(n) for n in names], rotation=25, ha="right")
     ax.set_ylabel("held-out top-5 overlap with the anchor")
     ax.legend(fontsize=8, loc="lower left")
-    ax.set_title("Calibration objectives at their own best LR: small dots = one seed (95% window-bootstrap CI), "
-                 "diamonds = mean over seeds (95% t-interval)", fontsize=10)
+    ax.set_title(
+        "Calibration objectives at their own best LR: small dots = one seed (95% window-bootstrap CI), "
+        "diamonds = mean over seeds (95% t-interval)",
+        fontsize=10,
+    )
     return save_figure(fig, path, result)
 
 
@@ -73,9 +97,11 @@ def plot_loss_vs_agreement(result: dict[str, Any], path: Path) -> Path:
     seeds = [str(s) for s in result["parameters"]["candidate_seeds"]]
     palette = _palette(names)
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), sharey=True)
-    panels = (("final training loss (each objective's own units)", None),
-              ("held-out KL(anchor || candidate), nats", "kl_ac"),
-              ("held-out corrMSE to the anchor", "corr_mse"))
+    panels = (
+        ("final training loss (each objective's own units)", None),
+        ("held-out KL(anchor || candidate), nats", "kl_ac"),
+        ("held-out corrMSE to the anchor", "corr_mse"),
+    )
     for ax, (xlabel, metric) in zip(axes, panels):
         for index, name in enumerate(names):
             ys = [result["comparisons"][f"{name}/{s}"]["summary"]["top5"] for s in seeds]
@@ -83,9 +109,16 @@ def plot_loss_vs_agreement(result: dict[str, Any], path: Path) -> Path:
                 xs = result["groups"][name]["final_loss"]["per_seed"]
             else:
                 xs = [result["comparisons"][f"{name}/{s}"]["summary"][metric] for s in seeds]
-            ax.scatter(xs, ys, s=70 if index == 0 else 40, marker=_MARKERS[index % len(_MARKERS)],
-                       label=objective_label(name), alpha=0.8, edgecolors=palette[name],
-                       facecolors="none" if index == 0 else palette[name])
+            ax.scatter(
+                xs,
+                ys,
+                s=70 if index == 0 else 40,
+                marker=_MARKERS[index % len(_MARKERS)],
+                label=objective_label(name),
+                alpha=0.8,
+                edgecolors=palette[name],
+                facecolors="none" if index == 0 else palette[name],
+            )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide on narrow ranges
         ax.set_xlabel(xlabel)
@@ -109,8 +142,7 @@ def plot_lr_sweep(result: dict[str, Any], path: Path) -> Path:
             lrs = np.array([g["lr"] for g in selection["grid"]])
             top5 = np.array([g["validation_top5"] for g in selection["grid"]])
             dashed = bool(result["objectives"][name]["equivalent_to"])  # drawn over the objective it equals
-            ax.plot(lrs, top5, marker="o", color=palette[name], ls="--" if dashed else "-",
-                    label=objective_label(name))
+            ax.plot(lrs, top5, marker="o", color=palette[name], ls="--" if dashed else "-", label=objective_label(name))
             best = lrs == selection["best_lr"]
             ax.scatter(lrs[best], top5[best], s=160, facecolors="none", edgecolors=palette[name], lw=2)
             bests.append(float(top5[best][0]))

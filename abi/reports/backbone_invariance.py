@@ -20,11 +20,19 @@ def _percent(rate: dict[str, Any]) -> str:
 
 def perplexity_table(result: dict[str, Any], name: str) -> pd.DataFrame:
     """Held-out domain perplexity per condition (95 % window-bootstrap interval), published T5-large beside."""
-    reference = {"plain/raw": _T5_LARGE["raw_ppl"], "plain/zero_shot": _T5_LARGE["zero_shot_ppl"],
-                 "B/fresh": _T5_LARGE["oracle_ppl"]}
-    rows = [{"condition": condition_label(condition), "perplexity [95% CI]": interval(perplexity, digits=2),
-             "published (T5-large)": reference.get(condition, "")}
-            for condition, perplexity in result["summary"][name]["ppl"].items()]
+    reference = {
+        "plain/raw": _T5_LARGE["raw_ppl"],
+        "plain/zero_shot": _T5_LARGE["zero_shot_ppl"],
+        "B/fresh": _T5_LARGE["oracle_ppl"],
+    }
+    rows = [
+        {
+            "condition": condition_label(condition),
+            "perplexity [95% CI]": interval(perplexity, digits=2),
+            "published (T5-large)": reference.get(condition, ""),
+        }
+        for condition, perplexity in result["summary"][name]["ppl"].items()
+    ]
     return pd.DataFrame(rows).set_index("condition")
 
 
@@ -34,19 +42,35 @@ def efficacy_table(result: dict[str, Any]) -> pd.DataFrame:
     for name, summary in result["summary"].items():
         for update, by_oracle in summary["efficacy"].items():
             for oracle, efficacy in by_oracle.items():
-                rows.append({
-                    "backbone": name, "update": update,
-                    "oracle": "fresh module on B' (ours)" if oracle == "ours" else "fresh module on B (original's)",
-                    "efficacy % [95% CI]": interval(efficacy, digits=1, scale=100),
-                    "denominator (ppl) [95% CI]": interval(efficacy["denominator"], digits=3),
-                    "ill-conditioned": efficacy["ill_conditioned"], "verdict": efficacy["verdict"],
-                    "release's rule (point >= 50%)": "PASS" if efficacy["point_pass"] else "FAIL",
-                })
-    rows.append({"backbone": "published T5-large", "oracle": "fresh module on B (original's)",
-                 "efficacy % [95% CI]": f"{100 * _T5_LARGE['efficacy']:.1f}",
-                 "denominator (ppl) [95% CI]": f"{_T5_LARGE_DENOMINATOR:.3f}", "verdict": "PASS"})
-    rows.append({"backbone": "published GPT-2-medium", "oracle": "fresh module on B (original's)",
-                 "efficacy % [95% CI]": f"{100 * _GPT2_MEDIUM['efficacy']:.1f}", "verdict": "PASS"})
+                rows.append(
+                    {
+                        "backbone": name,
+                        "update": update,
+                        "oracle": "fresh module on B' (ours)" if oracle == "ours" else "fresh module on B (original's)",
+                        "efficacy % [95% CI]": interval(efficacy, digits=1, scale=100),
+                        "denominator (ppl) [95% CI]": interval(efficacy["denominator"], digits=3),
+                        "ill-conditioned": efficacy["ill_conditioned"],
+                        "verdict": efficacy["verdict"],
+                        "release's rule (point >= 50%)": "PASS" if efficacy["point_pass"] else "FAIL",
+                    }
+                )
+    rows.append(
+        {
+            "backbone": "published T5-large",
+            "oracle": "fresh module on B (original's)",
+            "efficacy % [95% CI]": f"{100 * _T5_LARGE['efficacy']:.1f}",
+            "denominator (ppl) [95% CI]": f"{_T5_LARGE_DENOMINATOR:.3f}",
+            "verdict": "PASS",
+        }
+    )
+    rows.append(
+        {
+            "backbone": "published GPT-2-medium",
+            "oracle": "fresh module on B (original's)",
+            "efficacy % [95% CI]": f"{100 * _GPT2_MEDIUM['efficacy']:.1f}",
+            "verdict": "PASS",
+        }
+    )
     return pd.DataFrame(rows).fillna("").set_index(["backbone", "update", "oracle"])
 
 
@@ -56,16 +80,19 @@ def update_table(result: dict[str, Any], name: str) -> pd.DataFrame:
     rows = []
     for update in result["backbones"][name]["updates"]:
         flips, gains = summary["negative_flip_rate"][update], summary["positive_flip_rate"][update]
-        rows.append({
-            "update": update,
-            "prose ppl, B [95% CI]": interval(summary["prose_ppl"]["B"], digits=2),
-            "prose ppl, B' [95% CI]": interval(summary["prose_ppl"][update], digits=2),
-            "negative flips, module % [95% CI]": interval(flips["module"], digits=1, scale=100),
-            "negative flips, bare backbone %": interval(flips["raw"], digits=1, scale=100),
-            "positive flips, module %": interval(gains["module"], digits=1, scale=100),
-            "top-5 overlap, B'+old module vs B+module": round(
-                result["comparisons"][f"{name}/{update}/module"]["summary"]["top5"], 4),
-        })
+        rows.append(
+            {
+                "update": update,
+                "prose ppl, B [95% CI]": interval(summary["prose_ppl"]["B"], digits=2),
+                "prose ppl, B' [95% CI]": interval(summary["prose_ppl"][update], digits=2),
+                "negative flips, module % [95% CI]": interval(flips["module"], digits=1, scale=100),
+                "negative flips, bare backbone %": interval(flips["raw"], digits=1, scale=100),
+                "positive flips, module %": interval(gains["module"], digits=1, scale=100),
+                "top-5 overlap, B'+old module vs B+module": round(
+                    result["comparisons"][f"{name}/{update}/module"]["summary"]["top5"], 4
+                ),
+            }
+        )
     return pd.DataFrame(rows).set_index("update")
 
 
@@ -98,14 +125,20 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     published = result["published"]
     rows = []
     for name, summary in result["summary"].items():
-        for oracle, oracle_text in (("ours", "our oracle (fresh module on B')"),
-                                    ("original", "original's oracle (fresh module on B)")):
+        for oracle, oracle_text in (
+            ("ours", "our oracle (fresh module on B')"),
+            ("original", "original's oracle (fresh module on B)"),
+        ):
             efficacy = summary["efficacy"]["plain"][oracle]
-            rows.append({"claim": "4. backbone-update invariance",
-                         "figure": f"{name}: transfer efficacy, {oracle_text}",
-                         "published": f"T5-large {published['t5-large']['efficacy']:.1%}, "
-                                      f"GPT-2-medium {published['gpt2-medium']['efficacy']:.1%} (pass at 50%)",
-                         "ours": f"{percent_interval(efficacy)}, {efficacy['verdict']}"})
+            rows.append(
+                {
+                    "claim": "4. backbone-update invariance",
+                    "figure": f"{name}: transfer efficacy, {oracle_text}",
+                    "published": f"T5-large {published['t5-large']['efficacy']:.1%}, "
+                    f"GPT-2-medium {published['gpt2-medium']['efficacy']:.1%} (pass at 50%)",
+                    "ours": f"{percent_interval(efficacy)}, {efficacy['verdict']}",
+                }
+            )
     verdict = claim_verdict(result)
     why = "; ".join(f"{name}: {v['plain']['ours']} under our oracle" for name, v in result["verdicts"].items())
     return [{**row, "verdict": verdict, "why": why} for row in rows]

@@ -23,16 +23,18 @@ def regime_table(result: dict[str, Any]) -> pd.DataFrame:
     for setting in result["settings"]:
         view = setting_view(result, setting)
         gate, bare = view["gate"], view["comparisons"]["no_module"]
-        rows.append({
-            "setting": setting_label(result, setting),
-            "bare perplexity": round(bare["summary"]["ppl"], 2),
-            "anchor perplexity": round(view["anchor_ppl"]["held_out"], 2),
-            "reduction": f"{gate['module_ppl_reduction']:.1%}",
-            "bare backbone vs anchor: top-5": round(bare["summary"]["top5"], 4),
-            "bare backbone NIB": gate["bare_backbone_nib"],
-            "testable": "yes" if gate["testable"] else "no",
-            "verdict": view["row_verdict"],
-        })
+        rows.append(
+            {
+                "setting": setting_label(result, setting),
+                "bare perplexity": round(bare["summary"]["ppl"], 2),
+                "anchor perplexity": round(view["anchor_ppl"]["held_out"], 2),
+                "reduction": f"{gate['module_ppl_reduction']:.1%}",
+                "bare backbone vs anchor: top-5": round(bare["summary"]["top5"], 4),
+                "bare backbone NIB": gate["bare_backbone_nib"],
+                "testable": "yes" if gate["testable"] else "no",
+                "verdict": view["row_verdict"],
+            }
+        )
     return pd.DataFrame(rows).set_index("setting")
 
 
@@ -47,8 +49,9 @@ def official_table(result: dict[str, Any], setting: str) -> pd.DataFrame:
             row["verdict"] = comparison["verdict"]
             rows.append(row)
     published = result["published"]["official"]
-    rows.append({"run": "published (T5-large)", **{METRIC_LABELS[m]: published[m] for m in CORE_METRICS},
-                 "verdict": "PASS"})
+    rows.append(
+        {"run": "published (T5-large)", **{METRIC_LABELS[m]: published[m] for m in CORE_METRICS}, "verdict": "PASS"}
+    )
     return pd.DataFrame(rows).set_index("run").round(4)
 
 
@@ -80,12 +83,16 @@ def dose_table(result: dict[str, Any]) -> pd.DataFrame:
     for setting in result["settings"]:
         dose = result["setting_stats"][setting]["dose_response"]
         for d, stats in sorted(dose.get("doses", {}).items(), key=lambda item: int(item[0])):
-            rows.append({
-                "setting": setting_label(result, setting), "calibration windows": int(d),
-                "trained candidate": interval(stats["trained"]), "untrained module": interval(stats["untrained"]),
-                "trained - untrained": interval(stats["trained_minus_untrained"]),
-                "uncalibrated candidate": interval(dose["uncalibrated_top5"]),
-            })
+            rows.append(
+                {
+                    "setting": setting_label(result, setting),
+                    "calibration windows": int(d),
+                    "trained candidate": interval(stats["trained"]),
+                    "untrained module": interval(stats["untrained"]),
+                    "trained - untrained": interval(stats["trained_minus_untrained"]),
+                    "uncalibrated candidate": interval(dose["uncalibrated_top5"]),
+                }
+            )
     if not rows:
         return pd.DataFrame({"note": ["no setting of this run has a dose-response"]})
     return pd.DataFrame(rows).set_index(["setting", "calibration windows"])
@@ -105,10 +112,12 @@ def setting_sentence(result: dict[str, Any], setting: str) -> str:
     effect_text = ""
     first = f"candidate/{seeds[0]}"
     if "summary" in effect[first] and "summary" in effect.get("no_module", {}):
-        effect_text = (f" On the {effect[first]['fraction_of_positions']:.1%} of positions where the anchor changes "
-                       f"the bare backbone's top-1, the candidate (seed {seeds[0]}) reaches top-1 "
-                       f"{effect[first]['summary']['top1']:.3f} with the anchor and the untrained calibrated module "
-                       f"{effect[f'random_calibrated/{seeds[0]}']['summary']['top1']:.3f}.")
+        effect_text = (
+            f" On the {effect[first]['fraction_of_positions']:.1%} of positions where the anchor changes "
+            f"the bare backbone's top-1, the candidate (seed {seeds[0]}) reaches top-1 "
+            f"{effect[first]['summary']['top1']:.3f} with the anchor and the untrained calibrated module "
+            f"{effect[f'random_calibrated/{seeds[0]}']['summary']['top1']:.3f}."
+        )
     bare_outcome = "passes" if gate["bare_backbone_nib"] == "PASS" else "fails"
     return (
         f"**{setting_label(result, setting)}: {view['row_verdict']}.** The anchor lowers held-out perplexity by "
@@ -125,12 +134,14 @@ def setting_sentence(result: dict[str, Any], setting: str) -> str:
 
 def verdict_sentence(result: dict[str, Any]) -> str:
     """The claim's verdict (stored in the result) and one paragraph per setting."""
-    return "\n\n".join([
-        f"**Verdict at the `{result['profile']}` profile ({result['backbone']['name']}): {result['verdict']}** "
-        "(combining the settings at the release's correction site; a setting that fails its regime gate "
-        "counts as not testable).",
-        *(setting_sentence(result, setting) for setting in result["settings"]),
-    ])
+    return "\n\n".join(
+        [
+            f"**Verdict at the `{result['profile']}` profile ({result['backbone']['name']}): {result['verdict']}** "
+            "(combining the settings at the release's correction site; a setting that fails its regime gate "
+            "counts as not testable).",
+            *(setting_sentence(result, setting) for setting in result["settings"]),
+        ]
+    )
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,15 +156,19 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         gate = view["gate"]
         random_floor = view["groups"]["random_calibrated"]["top5"]["estimate"]
         passes = [view["verdicts"]["held_out_pass_per_seed"][s] == "PASS" for s in seeds]
-        rows.append({
-            "claim": CLAIM_LABEL,
-            "figure": f"top-5 with the anchor, {setting_label(result, setting)}: held-out mean over seeds",
-            "published": compact_number(published["top5"]),
-            "ours": compact_number(held["estimate"]),
-            "verdict": view["row_verdict"],
-            "why": (f"module lowers perplexity by {gate['module_ppl_reduction']:.0%}, bare backbone "
+        rows.append(
+            {
+                "claim": CLAIM_LABEL,
+                "figure": f"top-5 with the anchor, {setting_label(result, setting)}: held-out mean over seeds",
+                "published": compact_number(published["top5"]),
+                "ours": compact_number(held["estimate"]),
+                "verdict": view["row_verdict"],
+                "why": (
+                    f"module lowers perplexity by {gate['module_ppl_reduction']:.0%}, bare backbone "
                     f"{gate['bare_backbone_nib']}s the NIB ({'testable' if gate['testable'] else 'not testable'}); "
                     f"NIB passes for {count_of(passes)} seeds; untrained module + calibration reaches "
-                    f"{random_floor:.4f}"),
-        })
+                    f"{random_floor:.4f}"
+                ),
+            }
+        )
     return rows

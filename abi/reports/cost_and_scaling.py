@@ -23,7 +23,8 @@ def feature_cache_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
         "speed-up (median, min-max)": _speedup(feature_cache["speedup"]),
         f"cache build for {cache['n_windows']} windows (s)": f"{cache['build_s']:.1f}",
         "break-even (steps)": break_even,
-        f"target: at least {feature_cache['target_speedup']:.0f}x": "met" if feature_cache["meets_target"]
+        f"target: at least {feature_cache['target_speedup']:.0f}x": "met"
+        if feature_cache["meets_target"]
         else "NOT met",
     }
     return pd.DataFrame({"value": rows}).rename_axis("measure")
@@ -53,10 +54,13 @@ def nib_target(benchmarks: dict[str, Any]) -> str:
     section = benchmarks["sections"]["nib_evaluator"]
     if "target_speedup_vs_release" not in section:
         return f"target: {section['target_speedup_262k']:.0f}x over the per-position reference at 262,144: " + (
-            "met" if section["meets_target"] else "NOT met")
+            "met" if section["meets_target"] else "NOT met"
+        )
     vocabularies = " and ".join(f"{v:,}" for v in section["target_vocabs"])
-    return (f"target: at least {section['target_speedup_vs_release']:.0f}x faster than the release's algorithm at "
-            f"{vocabularies}: " + ("met" if section["meets_target"] else "NOT met"))
+    return (
+        f"target: at least {section['target_speedup_vs_release']:.0f}x faster than the release's algorithm at "
+        f"{vocabularies}: " + ("met" if section["meets_target"] else "NOT met")
+    )
 
 
 def growth_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
@@ -64,12 +68,26 @@ def growth_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
     growth = benchmarks["sections"]["scaling"]["growth"]
 
     def shape(exponent: float) -> str:
-        return ("sub-linear" if exponent < 0.8 else "about linear" if exponent < 1.3
-                else "about quadratic" if exponent < 2.3 else "steeper")
+        return (
+            "sub-linear"
+            if exponent < 0.8
+            else "about linear"
+            if exponent < 1.3
+            else "about quadratic"
+            if exponent < 2.3
+            else "steeper"
+        )
 
-    rows = [{"curve": name.replace("_", " "), "exponent k": round(fit["exponent"], 2),
-             "std. error": round(fit["stderr"], 2), "r²": round(fit["r2"], 3), "growth": shape(fit["exponent"])}
-            for name, fit in growth.items()]
+    rows = [
+        {
+            "curve": name.replace("_", " "),
+            "exponent k": round(fit["exponent"], 2),
+            "std. error": round(fit["stderr"], 2),
+            "r²": round(fit["r2"], 3),
+            "growth": shape(fit["exponent"]),
+        }
+        for name, fit in growth.items()
+    ]
     return pd.DataFrame(rows).set_index("curve")
 
 
@@ -78,12 +96,17 @@ def end_to_end_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for run in benchmarks["sections"].get("end_to_end", {}).get("runs", []):
         wall = run.get("wall_s")
-        rows.append({"what": run["notebook"], "profile": run["profile"],
-                     "wall (min)": round(wall / 60, 1) if wall is not None else None,
-                     "peak memory (MiB)": run.get("peak_rss_mib"),
-                     "target (min)": round(run["target_s"] / 60) if run.get("target_s") else None,
-                     "meets target": run.get("meets_target"),
-                     "source": run.get("source", "") + ("" if run.get("current", True) else " (stale)")})
+        rows.append(
+            {
+                "what": run["notebook"],
+                "profile": run["profile"],
+                "wall (min)": round(wall / 60, 1) if wall is not None else None,
+                "peak memory (MiB)": run.get("peak_rss_mib"),
+                "target (min)": round(run["target_s"] / 60) if run.get("target_s") else None,
+                "meets target": run.get("meets_target"),
+                "source": run.get("source", "") + ("" if run.get("current", True) else " (stale)"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -97,7 +120,10 @@ def glue_values(benchmarks: dict[str, Any]) -> dict[str, Any]:
         "bench_cache_break_even": round(break_even) if break_even else None,
         "bench_nib_speedup_262k": round(nib[-1]["speedup"]["median"], 1),
         "bench_nib_speedup_32k": round(nib[0]["speedup"]["median"], 1),
-        **{f"bench_nib_vs_release_{r['vocab']}": round(r["speedup_vs_release"]["median"], 1)
-           for r in nib if "speedup_vs_release" in r},
+        **{
+            f"bench_nib_vs_release_{r['vocab']}": round(r["speedup_vs_release"]["median"], 1)
+            for r in nib
+            if "speedup_vs_release" in r
+        },
         "bench_device": benchmarks["device"],
     }

@@ -40,11 +40,20 @@ def arm_table(result: dict[str, Any], key: str) -> pd.DataFrame:
             row[METRIC_LABELS["ppl"]] = f"{comparisons[arm]['summary']['ppl']:.2f}"
             row["NIB"] = comparisons[arm]["verdict"]
         rows.append(row)
-    rows.append({"arm": "native target module itself (the reference)",
-                 METRIC_LABELS["ppl"]: f"{result['perplexities'][key]['reference']:.2f}"})
+    rows.append(
+        {
+            "arm": "native target module itself (the reference)",
+            METRIC_LABELS["ppl"]: f"{result['perplexities'][key]['reference']:.2f}",
+        }
+    )
     published = result["published"]["official"]
-    rows.append({"arm": "published: T5-large -> GPT-2-medium (official protocol)",
-                 **{METRIC_LABELS[m]: f"{published[m]:.4f}" for m in CORE_METRICS}, "NIB": "PASS"})
+    rows.append(
+        {
+            "arm": "published: T5-large -> GPT-2-medium (official protocol)",
+            **{METRIC_LABELS[m]: f"{published[m]:.4f}" for m in CORE_METRICS},
+            "NIB": "PASS",
+        }
+    )
     return pd.DataFrame(rows).set_index("arm").fillna("")
 
 
@@ -70,11 +79,21 @@ def official_table(result: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, comparison in result["official"].items():
         key, _, arm = name.partition("/")
-        rows.append({"run": f"{key}: {arm}", **{METRIC_LABELS[m]: round(comparison["summary"][m], 4)
-                                                for m in CORE_METRICS}, "verdict": comparison["verdict"]})
+        rows.append(
+            {
+                "run": f"{key}: {arm}",
+                **{METRIC_LABELS[m]: round(comparison["summary"][m], 4) for m in CORE_METRICS},
+                "verdict": comparison["verdict"],
+            }
+        )
     published = result["published"]["official"]
-    rows.append({"run": "published: T5-large -> GPT-2-medium", **{METRIC_LABELS[m]: published[m] for m in CORE_METRICS},
-                 "verdict": "PASS"})
+    rows.append(
+        {
+            "run": "published: T5-large -> GPT-2-medium",
+            **{METRIC_LABELS[m]: published[m] for m in CORE_METRICS},
+            "verdict": "PASS",
+        }
+    )
     return pd.DataFrame(rows).set_index("run")
 
 
@@ -88,21 +107,24 @@ def setup_table(result: dict[str, Any]) -> pd.DataFrame:
         seeds = result["parameters"]["seeds"]
         source_module = sum(ppl["source"][f"module/{s}"] for s in seeds) / len(seeds)
         no_module = pair_comparisons(result["comparisons"], key)["no_module"]["summary"]["ppl"]
-        rows.append({
-            "pair": key,
-            "widths (S -> T)": f"{block['source']['d_model']} -> {block['target']['d_model']}",
-            "vocabularies": f"{block['source']['vocab_size']:,} -> {block['target']['vocab_size']:,}",
-            "shared sentences": block["sentences"]["n"],
-            "tokens per sentence (S / T)": f"{block['sentences']['source']['mean_sentence_tokens']:.1f} / "
-                                           f"{block['sentences']['target']['mean_sentence_tokens']:.1f}",
-            "Procrustes explained, input": round(sum(m["explained_fraction"] for m in procrustes["input"])
-                                                 / len(procrustes["input"]), 3),
-            "Procrustes explained, output": round(procrustes["output"]["explained_fraction"], 3),
-            "output scale s": round(procrustes["output"]["scale"], 3),
-            "S perplexity: bare -> module": f"{ppl['source']['bare']:.2f} -> {source_module:.2f}",
-            "T perplexity: bare -> native module": f"{no_module:.2f} -> {ppl['reference']:.2f}",
-            **_correction_rows(block["training"].get("correction_rms", {}), seeds),
-        })
+        rows.append(
+            {
+                "pair": key,
+                "widths (S -> T)": f"{block['source']['d_model']} -> {block['target']['d_model']}",
+                "vocabularies": f"{block['source']['vocab_size']:,} -> {block['target']['vocab_size']:,}",
+                "shared sentences": block["sentences"]["n"],
+                "tokens per sentence (S / T)": f"{block['sentences']['source']['mean_sentence_tokens']:.1f} / "
+                f"{block['sentences']['target']['mean_sentence_tokens']:.1f}",
+                "Procrustes explained, input": round(
+                    sum(m["explained_fraction"] for m in procrustes["input"]) / len(procrustes["input"]), 3
+                ),
+                "Procrustes explained, output": round(procrustes["output"]["explained_fraction"], 3),
+                "output scale s": round(procrustes["output"]["scale"], 3),
+                "S perplexity: bare -> module": f"{ppl['source']['bare']:.2f} -> {source_module:.2f}",
+                "T perplexity: bare -> native module": f"{no_module:.2f} -> {ppl['reference']:.2f}",
+                **_correction_rows(block["training"].get("correction_rms", {}), seeds),
+            }
+        )
     return pd.DataFrame(rows).set_index("pair").T
 
 
@@ -111,8 +133,10 @@ def _correction_rows(rms: dict[str, float], seeds: list[int]) -> dict[str, str]:
     if not rms:
         return {}
     native = rms["reference"]
-    rows = {"T final hidden state RMS length": f"{rms['final']:.1f}",
-            "native module's correction RMS length": f"{native:.2f}"}
+    rows = {
+        "T final hidden state RMS length": f"{rms['final']:.1f}",
+        "native module's correction RMS length": f"{native:.2f}",
+    }
     for arm in ("procrustes_only", "migrated", "random_module"):
         mean = sum(rms[f"{arm}/{s}"] for s in seeds) / len(seeds)
         rows[f"{arm.replace('_', ' ')} correction / native"] = f"{mean / native:.2f}"
@@ -122,11 +146,14 @@ def _correction_rows(rms: dict[str, float], seeds: list[int]) -> dict[str, str]:
 def zoo_table(result: dict[str, Any]) -> pd.DataFrame:
     """The t5-mini source model: where and how long it trained, its held-out perplexity, the CPU rate here."""
     zoo = result["zoo"]
-    rows = {"trained on": zoo["device"], "training time (s)": zoo["train_wall_s"],
-            "steps x windows x tokens": f"{zoo['steps']} x {zoo['batch_windows']} x 128",
-            "tokens processed": f"{zoo['tokens_processed']:,}",
-            "held-out perplexity, code": round(zoo["test_perplexity"]["code"], 1),
-            "held-out perplexity, prose": round(zoo["test_perplexity"]["prose"], 1)}
+    rows = {
+        "trained on": zoo["device"],
+        "training time (s)": zoo["train_wall_s"],
+        "steps x windows x tokens": f"{zoo['steps']} x {zoo['batch_windows']} x 128",
+        "tokens processed": f"{zoo['tokens_processed']:,}",
+        "held-out perplexity, code": round(zoo["test_perplexity"]["code"], 1),
+        "held-out perplexity, prose": round(zoo["test_perplexity"]["prose"], 1),
+    }
     if "cpu_probe" in zoo:
         probe = zoo["cpu_probe"]
         rows["measured here: CPU tokens/s"] = f"{probe['tokens_per_s']:,.0f} ({probe['threads']} threads)"
@@ -143,10 +170,12 @@ def verdict_sentence(result: dict[str, Any], key: str) -> str:
     migrated, random = groups["migrated"]["top5"], groups["random_module"]["top5"]
     pooled = contrasts["pooled"]["migrated_minus_random_module"]
     held_out = verdict["held_out_nib_migrated"]
-    beats_text = {"yes": "beats it, with the pooled interval and every seed's above zero",
-                  "mixed": "beats it in the pooled interval, but not for every seed",
-                  "no": "does not beat it: the interval includes zero",
-                  "worse": "is worse than it: the interval lies below zero"}[verdict["migrated_beats_random_module"]]
+    beats_text = {
+        "yes": "beats it, with the pooled interval and every seed's above zero",
+        "mixed": "beats it in the pooled interval, but not for every seed",
+        "no": "does not beat it: the interval includes zero",
+        "worse": "is worse than it: the interval lies below zero",
+    }[verdict["migrated_beats_random_module"]]
     return (
         f"**{key}: {verdict['claim']}.** Held-out top-5 overlap with the native target module: migrated "
         f"{interval(migrated)} (mean over {len(seeds)} seeds, 95 % seed interval; NIB passes for "
@@ -175,14 +204,21 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         random = result["groups"][key]["random_module"]
         contrast = result["contrasts"][key]["pooled"]["migrated_minus_random_module"]
         no_module = verdicts["held_out_nib_by_arm"]["no_module"]
-        reasons.append(f"{key}: {verdicts['claim']}; the migrated module minus a random module put through the same "
-                       f"Procrustes + KD, held-out top-5: {contrast['estimate']:+.4f} [{contrast['low']:+.4f}, "
-                       f"{contrast['high']:+.4f}] (random module alone: {random['top5']['estimate']:.4f}); the bare "
-                       f"target backbone's NIB verdict: {no_module}")
+        reasons.append(
+            f"{key}: {verdicts['claim']}; the migrated module minus a random module put through the same "
+            f"Procrustes + KD, held-out top-5: {contrast['estimate']:+.4f} [{contrast['low']:+.4f}, "
+            f"{contrast['high']:+.4f}] (random module alone: {random['top5']['estimate']:.4f}); the bare "
+            f"target backbone's NIB verdict: {no_module}"
+        )
         for metric in CORE_METRICS:
             seed_ci = migrated[metric]
-            rows.append({"claim": "2. cross-architecture", "figure": f"{key}: {metric} (held-out, seed CI)",
-                         "published": f"{published[metric]:.4g}",
-                         "ours": f"{seed_ci['estimate']:.4g} [{seed_ci['low']:.4g}, {seed_ci['high']:.4g}]"})
+            rows.append(
+                {
+                    "claim": "2. cross-architecture",
+                    "figure": f"{key}: {metric} (held-out, seed CI)",
+                    "published": f"{published[metric]:.4g}",
+                    "ours": f"{seed_ci['estimate']:.4g} [{seed_ci['low']:.4g}, {seed_ci['high']:.4g}]",
+                }
+            )
     verdict, why = claim_verdict(result), "; ".join(dict.fromkeys(reasons))
     return [{**row, "verdict": verdict, "why": why} for row in rows]

@@ -29,8 +29,10 @@ def load_benchmarks(path: Path, copy_to: Path | None = None, required: bool = Tr
         raise ResultFileError(f"{path}: field 'sections' missing; re-run `make benchmarks`.")
     missing = [name for name in BENCHMARK_SECTIONS if name not in data["sections"]]
     if missing:
-        raise ResultFileError(f"{path}: section(s) {', '.join(missing)} missing (an interrupted or partial "
-                              "`make benchmarks`?); re-run `make benchmarks`.")
+        raise ResultFileError(
+            f"{path}: section(s) {', '.join(missing)} missing (an interrupted or partial "
+            "`make benchmarks`?); re-run `make benchmarks`."
+        )
     if copy_to is not None and Path(copy_to).resolve() != path.parent.resolve():
         Path(copy_to).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(copy_to) / path.name)

@@ -24,11 +24,17 @@ def _significant(value: float) -> str:
 
 def objectives_table(result: dict[str, Any]) -> pd.DataFrame:
     """The objectives of this run: what each computes, its hyper-parameters, whether it needs the head."""
-    rows = [{"objective": objective_label(name), "registry name": name, "loss": o["description"],
-             "hyper-parameters": ", ".join(f"{k}={v:g}" for k, v in o["hyper"].items()) or "none",
-             "needs the frozen head": "yes" if o["needs_head"] else "no",
-             "note": f"equals {objective_label(o['equivalent_to'])}" if o["equivalent_to"] else ""}
-            for name, o in result["objectives"].items()]
+    rows = [
+        {
+            "objective": objective_label(name),
+            "registry name": name,
+            "loss": o["description"],
+            "hyper-parameters": ", ".join(f"{k}={v:g}" for k, v in o["hyper"].items()) or "none",
+            "needs the frozen head": "yes" if o["needs_head"] else "no",
+            "note": f"equals {objective_label(o['equivalent_to'])}" if o["equivalent_to"] else "",
+        }
+        for name, o in result["objectives"].items()
+    ]
     return pd.DataFrame(rows).set_index("objective")
 
 
@@ -72,10 +78,16 @@ def objective_table(result: dict[str, Any]) -> pd.DataFrame:
         row["s / step"] = f"{cost[name]['median_s_per_step']:.3f}" if name in cost else ""
         rows.append(row)
     bare = result["comparisons"]["no_module"]["summary"]
-    rows.append({"objective": objective_label("no_module"), **{_COLUMNS[m]: f"{bare[m]:.4f}" for m in _ORDER},
-                 "perplexity": f"{bare['ppl']:.3f}", "held-out KL": _significant(bare["kl_ac"]),
-                 "held-out corrMSE": _significant(bare["corr_mse"]),
-                 "NIB PASS": result["comparisons"]["no_module"]["verdict"]})
+    rows.append(
+        {
+            "objective": objective_label("no_module"),
+            **{_COLUMNS[m]: f"{bare[m]:.4f}" for m in _ORDER},
+            "perplexity": f"{bare['ppl']:.3f}",
+            "held-out KL": _significant(bare["kl_ac"]),
+            "held-out corrMSE": _significant(bare["corr_mse"]),
+            "NIB PASS": result["comparisons"]["no_module"]["verdict"],
+        }
+    )
     rows.append({"objective": "anchor itself", "perplexity": f"{result['anchor_ppl']['held_out']:.3f}"})
     return pd.DataFrame(rows).set_index("objective").fillna("")
 
@@ -84,25 +96,36 @@ def contrast_table(result: dict[str, Any]) -> pd.DataFrame:
     """corrMSE minus each other objective in held-out top-5: over seeds, and per seed (windows paired)."""
     rows = []
     for name, contrast in result["contrasts"].items():
-        row: dict[str, Any] = {"objective": objective_label(name),
-                               "corrMSE − it (seeds)": interval(contrast["over_seeds"])}
+        row: dict[str, Any] = {
+            "objective": objective_label(name),
+            "corrMSE − it (seeds)": interval(contrast["over_seeds"]),
+        }
         for seed, difference in contrast["per_seed"].items():
             row[f"seed {seed} (windows)"] = interval(difference)
-        reversals = [difference["five_window_reversal"] for difference in contrast["per_seed"].values()
-                     if difference["five_window_reversal"] is not None]
+        reversals = [
+            difference["five_window_reversal"]
+            for difference in contrast["per_seed"].values()
+            if difference["five_window_reversal"] is not None
+        ]
         row["5-window sign flips"] = f"{sum(reversals) / len(reversals):.0%}" if reversals else ""
-        row["reading"] = {"a_higher": "corrMSE higher", "b_higher": "it is higher"}.get(contrast["direction"],
-                                                                                           "not separable")
+        row["reading"] = {"a_higher": "corrMSE higher", "b_higher": "it is higher"}.get(
+            contrast["direction"], "not separable"
+        )
         rows.append(row)
     return pd.DataFrame(rows).set_index("objective")
 
 
 def cost_table(result: dict[str, Any]) -> pd.DataFrame:
     """What a calibration step costs per objective, and whether the backbone was handed to it at all."""
-    rows = [{"objective": objective_label(name), "wall s / step (median)": round(c["median_s_per_step"], 4),
-             "CPU s / step (median)": round(c["median_cpu_s_per_step"], 4),
-             "backbone passed to calibrate": "yes (frozen head)" if c["backbone_passed"] else "no (cached features)"}
-            for name, c in result["cost"].items()]
+    rows = [
+        {
+            "objective": objective_label(name),
+            "wall s / step (median)": round(c["median_s_per_step"], 4),
+            "CPU s / step (median)": round(c["median_cpu_s_per_step"], 4),
+            "backbone passed to calibrate": "yes (frozen head)" if c["backbone_passed"] else "no (cached features)",
+        }
+        for name, c in result["cost"].items()
+    ]
     return pd.DataFrame(rows).set_index("objective")
 
 
@@ -126,7 +149,7 @@ def kl_statement_text(result: dict[str, Any]) -> str:
 
 _COMMON = {
     "a_higher": "training on KL did not even reach a lower held-out KL than training on corrMSE, so the release's "
-                "'lower loss' is a comparison of numbers in different units, not a better fit.",
+    "'lower loss' is a comparison of numbers in different units, not a better fit.",
     "b_higher": "KL training does reach a lower held-out KL, so here lower loss goes with lower top-5 agreement.",
     "not_separable": "the two reach held-out KLs that these seeds cannot tell apart.",
 }
@@ -148,9 +171,11 @@ def best_statement_text(result: dict[str, Any]) -> str:
         f"not separable with these seeds: {', '.join(map(objective_label, best['not_separable'])) or 'none'}."
     )
     for name in duplicates:
-        text += (f" {objective_label(name)} is corrMSE written another way (the shared final hidden state "
-                 f"cancels); its difference to corrMSE is {interval(result['contrasts'][name]['over_seeds'], 5)}, "
-                 "not counted as a rival.")
+        text += (
+            f" {objective_label(name)} is corrMSE written another way (the shared final hidden state "
+            f"cancels); its difference to corrMSE is {interval(result['contrasts'][name]['over_seeds'], 5)}, "
+            "not counted as a rival."
+        )
     return text
 
 
@@ -159,37 +184,49 @@ def verdict_paragraph(result: dict[str, Any]) -> str:
     groups, params = result["groups"], result["parameters"]
     extra = []
     if "logit_mse" in groups:
-        extra.append(f"logit-MSE reaches top-5 {interval(groups['logit_mse']['top5'])} (the release: about "
-                     f"{result['published']['logit_mse_top5']})")
+        extra.append(
+            f"logit-MSE reaches top-5 {interval(groups['logit_mse']['top5'])} (the release: about "
+            f"{result['published']['logit_mse_top5']})"
+        )
     if "weighted_corr_mse" in result["contrasts"]:
-        extra.append("position-weighted corrMSE trails corrMSE by "
-                     f"{interval(result['contrasts']['weighted_corr_mse']['over_seeds'])} (the release: it hurt)")
+        extra.append(
+            "position-weighted corrMSE trails corrMSE by "
+            f"{interval(result['contrasts']['weighted_corr_mse']['over_seeds'])} (the release: it hurt)"
+        )
     bare = result["comparisons"]["no_module"]
     if bare["verdict"] == "PASS":
-        extra.append(f"the bare backbone already passes NIB against this anchor (top-5 {bare['summary']['top5']:.4f}): "
-                     "the anchor's corrections are small, and the objectives are compared in that regime")
+        extra.append(
+            f"the bare backbone already passes NIB against this anchor (top-5 {bare['summary']['top5']:.4f}): "
+            "the anchor's corrections are small, and the objectives are compared in that regime"
+        )
     edges = [objective_label(n) for n, s in result["sweep_selection"].items() if s["best_at_grid_edge"]]
     if edges:
-        extra.append(f"the best LR of {', '.join(edges)} is still at the edge of the LRs tried, so it may be "
-                     "better still at another LR")
+        extra.append(
+            f"the best LR of {', '.join(edges)} is still at the edge of the LRs tried, so it may be "
+            "better still at another LR"
+        )
     rank = result["loss_vs_agreement"]
     if rank["spearman_top5_vs_kl_ac"] is not None:
-        extra.append(f"over all {rank['n_runs']} runs, held-out top-5 and held-out KL to the anchor have Spearman "
-                     f"rank correlation {rank['spearman_top5_vs_kl_ac']:.2f}, top-5 and held-out corrMSE "
-                     f"{_correlation(rank['spearman_top5_vs_corr_mse'])} (negative: lower loss, higher agreement)")
+        extra.append(
+            f"over all {rank['n_runs']} runs, held-out top-5 and held-out KL to the anchor have Spearman "
+            f"rank correlation {rank['spearman_top5_vs_kl_ac']:.2f}, top-5 and held-out corrMSE "
+            f"{_correlation(rank['spearman_top5_vs_corr_mse'])} (negative: lower loss, higher agreement)"
+        )
     positions = params["chunk_len"] * params["calibration_batch_chunks"]
-    return "\n\n".join([
-        f"**Verdict at the `{result['profile']}` profile ({result['backbone']['name']}, "
-        f"{len(params['candidate_seeds'])} training seeds, {params['calibration_steps']} calibration steps of "
-        f"{positions} positions, each objective at its own validation-best LR): {claim_verdict(result)}.** "
-        "The claim counts as reproduced only when both of the release's statements below are confirmed.",
-        kl_statement_text(result),
-        best_statement_text(result),
-        ("Other figures: " + "; ".join(extra) + ".") if extra else "",
-        "Intervals over seeds are Student-t with few degrees of freedom, so 'not separable' often means 'too few "
-        "seeds to tell', not 'equal'. The budget is a small fraction of the release's 16,000 steps: the ranking is of "
-        "objectives at this budget.",
-    ]).strip()
+    return "\n\n".join(
+        [
+            f"**Verdict at the `{result['profile']}` profile ({result['backbone']['name']}, "
+            f"{len(params['candidate_seeds'])} training seeds, {params['calibration_steps']} calibration steps of "
+            f"{positions} positions, each objective at its own validation-best LR): {claim_verdict(result)}.** "
+            "The claim counts as reproduced only when both of the release's statements below are confirmed.",
+            kl_statement_text(result),
+            best_statement_text(result),
+            ("Other figures: " + "; ".join(extra) + ".") if extra else "",
+            "Intervals over seeds are Student-t with few degrees of freedom, so 'not separable' often means 'too few "
+            "seeds to tell', not 'equal'. The budget is a small fraction of the release's 16,000 steps: "
+            "the ranking is of objectives at this budget.",
+        ]
+    ).strip()
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -198,29 +235,45 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     statements, groups, published = result["statements"], result["groups"], result["published"]
     kl = statements["kl"]
     best = statements["corr_mse_best"]
-    why = (f"KL statement: {kl.get('verdict')}; 'corrMSE is best': {best.get('verdict')} "
-           f"(significantly worse: {', '.join(best['significantly_worse']) or 'none'}; not separable: "
-           f"{', '.join(best['not_separable']) or 'none'}); logit-MSE reaches top-5 "
-           f"{groups['logit_mse']['top5']['estimate']:.3f}, not about {published['logit_mse_top5']}")
+    why = (
+        f"KL statement: {kl.get('verdict')}; 'corrMSE is best': {best.get('verdict')} "
+        f"(significantly worse: {', '.join(best['significantly_worse']) or 'none'}; not separable: "
+        f"{', '.join(best['not_separable']) or 'none'}); logit-MSE reaches top-5 "
+        f"{groups['logit_mse']['top5']['estimate']:.3f}, not about {published['logit_mse_top5']}"
+    )
     rows = []
     if kl.get("status") == "run":
         drop = kl["top5_drop"]["over_seeds"]
         loss = kl["training_loss_reduction"]
         rows += [
-            {"figure": "KL: lower training loss than corrMSE (relative)",
-             "published": f"{published['kl_training_loss_reduction']:.1%}",
-             "ours": f"{loss['estimate']:.1%} [{loss['low']:.1%}, {loss['high']:.1%}] (different units)"},
-            {"figure": "KL: top-5 lower than corrMSE by", "published": f"{published['kl_top5_drop']:.3f}",
-             "ours": f"{drop['estimate']:.4f} [{drop['low']:.4f}, {drop['high']:.4f}]"},
+            {
+                "figure": "KL: lower training loss than corrMSE (relative)",
+                "published": f"{published['kl_training_loss_reduction']:.1%}",
+                "ours": f"{loss['estimate']:.1%} [{loss['low']:.1%}, {loss['high']:.1%}] (different units)",
+            },
+            {
+                "figure": "KL: top-5 lower than corrMSE by",
+                "published": f"{published['kl_top5_drop']:.3f}",
+                "ours": f"{drop['estimate']:.4f} [{drop['low']:.4f}, {drop['high']:.4f}]",
+            },
         ]
     logit = groups["logit_mse"]["top5"]
     rows += [
-        {"figure": "logit-MSE: held-out top-5", "published": f"about {published['logit_mse_top5']}",
-         "ours": f"{logit['estimate']:.4f} [{logit['low']:.4f}, {logit['high']:.4f}]"},
-        {"figure": "corrMSE is the best objective", "published": "yes",
-         "ours": f"{best['verdict']} (highest mean top-5: {objective_label(best['highest_mean_top5'])})"},
-        {"figure": "weighted corrMSE", "published": str(published["weighted_corr_mse"]),
-         "ours": f"{interval(groups['weighted_corr_mse']['top5'])} top-5 vs corrMSE "
-                 f"{interval(groups['corr_mse']['top5'])}"},
+        {
+            "figure": "logit-MSE: held-out top-5",
+            "published": f"about {published['logit_mse_top5']}",
+            "ours": f"{logit['estimate']:.4f} [{logit['low']:.4f}, {logit['high']:.4f}]",
+        },
+        {
+            "figure": "corrMSE is the best objective",
+            "published": "yes",
+            "ours": f"{best['verdict']} (highest mean top-5: {objective_label(best['highest_mean_top5'])})",
+        },
+        {
+            "figure": "weighted corrMSE",
+            "published": str(published["weighted_corr_mse"]),
+            "ours": f"{interval(groups['weighted_corr_mse']['top5'])} top-5 vs corrMSE "
+            f"{interval(groups['corr_mse']['top5'])}",
+        },
     ]
     return [{"claim": "3. objective ablation", **row, "why": why} for row in rows]

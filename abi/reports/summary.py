@@ -35,13 +35,24 @@ def _rows_of(notebook: str, stats: ModuleType, results_dir: Path) -> list[dict]:
     path = results_dir / f"{claim}.json"
     if not path.is_file():
         label = f"{int(notebook[:2])}. {claim.replace('_', ' ')}"
-        return [{"claim": label, "figure": "-", "published": "-", "ours": "-", "verdict": NOT_TESTABLE,
-                 "why": f"no result file {path.name}: its notebook has not run", "claim verdict": NOT_TESTABLE}]
+        return [
+            {
+                "claim": label,
+                "figure": "-",
+                "published": "-",
+                "ours": "-",
+                "verdict": NOT_TESTABLE,
+                "why": f"no result file {path.name}: its notebook has not run",
+                "claim verdict": NOT_TESTABLE,
+            }
+        ]
     result = load_result(path)
     verdict = stats.claim_verdict(result)
     report = importlib.import_module(f"abi.reports.{claim}")
-    return [{column: {"verdict": verdict, **row, "claim verdict": verdict}[column] for column in COLUMNS}
-            for row in report.summary_rows(result)]
+    return [
+        {column: {"verdict": verdict, **row, "claim verdict": verdict}[column] for column in COLUMNS}
+        for row in report.summary_rows(result)
+    ]
 
 
 def summary_table(results_dir: Path) -> pd.DataFrame:

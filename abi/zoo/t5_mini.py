@@ -88,17 +88,38 @@ def train_tokenizer(texts: list[str], out_dir: Path, recipe: Recipe) -> Any:
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=recipe.vocab_size, model_type="bpe",
-        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        byte_fallback=True, split_digits=True, user_defined_symbols=["\n", "\t"], character_coverage=0.9995,
-        max_sentence_length=1_000_000, pad_id=SPECIAL["pad"], eos_id=SPECIAL["eos"], unk_id=SPECIAL["unk"],
-        bos_id=SPECIAL["bos"], num_threads=2, minloglevel=2,
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=recipe.vocab_size,
+        model_type="bpe",
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        byte_fallback=True,
+        split_digits=True,
+        user_defined_symbols=["\n", "\t"],
+        character_coverage=0.9995,
+        max_sentence_length=1_000_000,
+        pad_id=SPECIAL["pad"],
+        eos_id=SPECIAL["eos"],
+        unk_id=SPECIAL["unk"],
+        bos_id=SPECIAL["bos"],
+        num_threads=2,
+        minloglevel=2,
     )
     staging = out_dir / "spm"
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "tokenizer.model").write_bytes(model.getvalue())
-    config = {"tokenizer_class": "LlamaTokenizer", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
-              "bos_token": "<s>", "add_bos_token": False, "add_eos_token": False, "legacy": False}
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "pad_token": "<pad>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "bos_token": "<s>",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "legacy": False,
+    }
     (staging / "tokenizer_config.json").write_text(json.dumps(config))
     tokenizer = AutoTokenizer.from_pretrained(staging)
     tokenizer.save_pretrained(out_dir / "tokenizer")
@@ -132,10 +153,19 @@ def build_model(recipe: Recipe) -> torch.nn.Module:
     from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(
-        vocab_size=recipe.vocab_size, d_model=recipe.d_model, d_ff=recipe.d_ff, d_kv=recipe.d_kv,
-        num_heads=recipe.num_heads, num_layers=recipe.num_layers, num_decoder_layers=recipe.num_decoder_layers,
-        dropout_rate=recipe.dropout, feed_forward_proj="relu", tie_word_embeddings=True,
-        pad_token_id=SPECIAL["pad"], eos_token_id=SPECIAL["eos"], decoder_start_token_id=SPECIAL["pad"],
+        vocab_size=recipe.vocab_size,
+        d_model=recipe.d_model,
+        d_ff=recipe.d_ff,
+        d_kv=recipe.d_kv,
+        num_heads=recipe.num_heads,
+        num_layers=recipe.num_layers,
+        num_decoder_layers=recipe.num_decoder_layers,
+        dropout_rate=recipe.dropout,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+        pad_token_id=SPECIAL["pad"],
+        eos_token_id=SPECIAL["eos"],
+        decoder_start_token_id=SPECIAL["pad"],
     )
     return T5ForConditionalGeneration(config)
 
@@ -162,8 +192,9 @@ def _lr(step: int, recipe: Recipe) -> float:
 
 
 @torch.no_grad()
-def mean_nll(model: torch.nn.Module, stream: np.ndarray, starts: np.ndarray, recipe: Recipe, device: str,
-             batch: int = 128) -> float:
+def mean_nll(
+    model: torch.nn.Module, stream: np.ndarray, starts: np.ndarray, recipe: Recipe, device: str, batch: int = 128
+) -> float:
     """Mean next-token NLL (nats) of the continuation tokens of the given windows."""
     model.eval()
     total, count = 0.0, 0
@@ -171,8 +202,9 @@ def mean_nll(model: torch.nn.Module, stream: np.ndarray, starts: np.ndarray, rec
         prefix, labels = _windows(stream, starts[i : i + batch], recipe)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu"):
             logits = model(input_ids=prefix.to(device), labels=labels.to(device)).logits
-        nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.to(device).flatten(),
-                                                reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), labels.to(device).flatten(), reduction="sum"
+        )
         total, count = total + float(nll), count + labels.numel()
     model.train()
     return total / count
@@ -191,9 +223,15 @@ def train(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), device: str 
     val_starts = {c: _tiled_starts(len(streams[f"{c}-validation"]), recipe.span, recipe.val_windows) for c in CORPORA}
     model = build_model(recipe).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    log: dict[str, Any] = {"recipe": asdict(recipe), "device": _device_name(device), "torch": torch.__version__,
-                           "n_parameters": sum(p.numel() for p in model.parameters()),
-                           "train_tokens": int(len(train_stream)), "loss": [], "validation": []}
+    log: dict[str, Any] = {
+        "recipe": asdict(recipe),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "train_tokens": int(len(train_stream)),
+        "loss": [],
+        "validation": [],
+    }
     best, best_state = math.inf, None
     start = time.perf_counter()
     model.train()
@@ -215,8 +253,14 @@ def train(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), device: str 
         if (step + 1) % recipe.eval_every == 0 or step == recipe.steps - 1:
             val = {c: mean_nll(model, streams[f"{c}-validation"], val_starts[c], recipe, device) for c in CORPORA}
             mean = float(np.mean(list(val.values())))
-            log["validation"].append({"step": step, **{f"{c}_nll": v for c, v in val.items()}, "mean_nll": mean,
-                                      "elapsed_s": round(time.perf_counter() - start, 1)})
+            log["validation"].append(
+                {
+                    "step": step,
+                    **{f"{c}_nll": v for c, v in val.items()},
+                    "mean_nll": mean,
+                    "elapsed_s": round(time.perf_counter() - start, 1),
+                }
+            )
             if mean < best:
                 best, log["best_step"] = mean, step
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -224,8 +268,9 @@ def train(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), device: str 
     model.load_state_dict(best_state)
     model = model.to(torch.bfloat16).to(torch.float32)  # the stored bf16 weights are the model
     log["test_perplexity"] = {
-        c: math.exp(mean_nll(model, streams[f"{c}-test"], _tiled_starts(len(streams[f"{c}-test"]), recipe.span),
-                             recipe, device))
+        c: math.exp(
+            mean_nll(model, streams[f"{c}-test"], _tiled_starts(len(streams[f"{c}-test"]), recipe.span), recipe, device)
+        )
         for c in CORPORA
     }
     log["test_windows"] = {c: int(len(_tiled_starts(len(streams[f"{c}-test"]), recipe.span))) for c in CORPORA}

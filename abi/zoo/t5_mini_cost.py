@@ -23,10 +23,18 @@ def training_facts() -> dict[str, Any]:
     recipe = log["recipe"]
     tokens = recipe["steps"] * recipe["batch_windows"] * (recipe["prefix_len"] + recipe["cont_len"])
     return {
-        "model": NAME, "device": log["device"], "torch": log["torch"], "train_wall_s": log["train_wall_s"],
-        "steps": recipe["steps"], "batch_windows": recipe["batch_windows"], "tokens_processed": tokens,
-        "device_tokens_per_s": round(tokens / log["train_wall_s"], 1), "n_parameters": log["n_parameters"],
-        "best_step": log["best_step"], "test_perplexity": log["test_perplexity"], "test_windows": log["test_windows"],
+        "model": NAME,
+        "device": log["device"],
+        "torch": log["torch"],
+        "train_wall_s": log["train_wall_s"],
+        "steps": recipe["steps"],
+        "batch_windows": recipe["batch_windows"],
+        "tokens_processed": tokens,
+        "device_tokens_per_s": round(tokens / log["train_wall_s"], 1),
+        "n_parameters": log["n_parameters"],
+        "best_step": log["best_step"],
+        "test_perplexity": log["test_perplexity"],
+        "test_windows": log["test_windows"],
     }
 
 
@@ -56,6 +64,11 @@ def cpu_probe(steps: int = 3, batch_windows: int = 16, seed: int = 0) -> dict[st
     seconds = time.perf_counter() - start
     tokens_per_s = steps * batch_windows * recipe.span / seconds
     recipe_tokens = recipe.steps * recipe.batch_windows * recipe.span
-    return {"steps": steps, "batch_windows": batch_windows, "threads": torch.get_num_threads(),
-            "seconds": round(seconds, 2), "tokens_per_s": round(tokens_per_s, 1),
-            "recipe_hours_at_this_rate": round(recipe_tokens / tokens_per_s / 3600, 2)}
+    return {
+        "steps": steps,
+        "batch_windows": batch_windows,
+        "threads": torch.get_num_threads(),
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "recipe_hours_at_this_rate": round(recipe_tokens / tokens_per_s / 3600, 2),
+    }
