@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from abi.cache_integrity import load_array, load_checked, save_array
 from abi.paths import cache_dir
+from abi.progress import tqdm
 
 Split = Literal["train", "validation", "test"]
 Level = Literal["file", "package"]

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from abi.backbones import Backbone
 from abi.features import IGNORE_INDEX, FeatureSet
 from abi.nib import nib_position_metrics, per_window_metrics
+from abi.progress import tqdm
 from abi.train import module_logits
 
 Variants = dict[str, nn.Module | None]

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from abi.backbones import Backbone
 from abi.cache_integrity import (
@@ -35,6 +34,7 @@ from abi.cache_integrity import (
     record_digests,
 )
 from abi.paths import cache_dir
+from abi.progress import tqdm
 
 IGNORE_INDEX = -100
 _FORMAT = 2  # 2: taps indexed like hidden_states (last one after the final norm); final = last block output

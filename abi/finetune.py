@@ -40,12 +40,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from abi.backbones import Backbone
 from abi.data import split_corpus, token_stream
 from abi.features import IGNORE_INDEX, Windows
 from abi.paths import cache_dir
+from abi.progress import tqdm
 from abi.prose import load_prose_corpus
 from abi.train import TrainingDivergedError
 

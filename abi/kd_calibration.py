@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from abi.backbones import Backbone
 from abi.features import IGNORE_INDEX, FeatureSet
 from abi.module import ABIModule, parameter_hash
+from abi.progress import tqdm
 from abi.schedule import PhaseSchedule
 from abi.transfer import MigrationError, frozen_parameters
 

@@ -1,13 +1,14 @@
 """Regenerate the paper: run every claim notebook with papermill, then build the book.
 
-A notebook is skipped when its inputs are unchanged since its stored run: the notebook source,
-the profile, the library files its code imports (the import graph through ``abi``, lazy and
-``importlib`` imports included, git-tracked files only, Python compared without comments and
+A notebook is skipped when its inputs are unchanged since its stored run: the notebook source (its
+cells' types, text and tags), the profile, the library files its code imports (the import graph
+through ``abi``, lazy and ``importlib`` imports included, git-tracked files only, Python compared without comments and
 docstrings; see ``abi.import_graph``) with the committed checkpoints of the packages it imports,
 the installed versions of the packages that ship models and code, and, for the report notebooks
 that only read results (summary, cost appendix), the result files they read. A failed notebook
 stops the build with the failing cell shown; its partial output goes to a ``.failed`` copy, so the
-stored executed notebook and results are never half overwritten.
+stored executed notebook and results are never half overwritten. A finished notebook's figures are
+stored as links to the committed figure files, not as base64 copies (``abi.executed_figures``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from abi.executed_figures import externalize_file
 from abi.import_graph import RepoIndex
 from abi.paths import REPO_ROOT
 from abi.profiles import check_profile
@@ -74,6 +76,12 @@ class BuildLayout:
     def is_committed_tree(self) -> bool:
         return self.book_root == REPO_ROOT
 
+    @property
+    def figures_link_dir(self) -> Path:
+        """Where the book finds the figure files that executed notebooks link to (``results/figures`` under
+        the book's root; a scratch build copies its results' figures there)."""
+        return self.book_root / "results" / "figures"
+
 
 def is_report(name: str) -> bool:
     """Report notebooks (summary, appendix) read result files instead of running an experiment."""
@@ -87,6 +95,16 @@ def notebook_dependencies(name: str) -> list[Path]:
     return [REPO_ROOT / rel for rel in RepoIndex(REPO_ROOT).dependencies(NOTEBOOK_DIR / f"{name}.ipynb")]
 
 
+def notebook_content(notebook: Path) -> bytes:
+    """What of a notebook source its run depends on: each cell's type, text and tags. Cell ids and
+    editor metadata (JupyterLab and jupytext write them on save) re-run nothing."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    kept = [
+        [cell["cell_type"], "".join(cell["source"]), sorted(cell.get("metadata", {}).get("tags", []))] for cell in cells
+    ]
+    return json.dumps(kept, ensure_ascii=False).encode()
+
+
 def inputs_hash(notebook: Path, profile: str, results_dir: Path | None = None) -> str:
     """Hash of everything a notebook's results depend on (see module docstring)."""
     digest = hashlib.sha256()
@@ -95,7 +113,7 @@ def inputs_hash(notebook: Path, profile: str, results_dir: Path | None = None) -
             for path in sorted(folder.glob("*.json")):
                 digest.update(path.name.encode())
                 digest.update(path.read_bytes())
-    digest.update(notebook.read_bytes())
+    digest.update(notebook_content(notebook))
     digest.update(profile.encode())
     index = RepoIndex(REPO_ROOT)
     for rel in index.dependencies(notebook):
@@ -128,9 +146,12 @@ def is_current(layout: BuildLayout, name: str) -> bool:
 
 
 def _kernel_env() -> dict[str, str]:
-    """Environment of the notebook kernels: offline, and progress bars that update every few
-    seconds (they are streamed to the terminal and would bloat the stored notebook otherwise)."""
-    return {"HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1"}
+    """Environment of the notebook kernels: offline, and text progress bars (a widget would be stored
+    as view state that renders nowhere) that update every few seconds (they are streamed to the terminal
+    and would bloat the stored notebook otherwise)."""
+    from abi.progress import PROGRESS_ENV
+
+    return {"HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1", PROGRESS_ENV: "text"}
 
 
 def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ...] | None = None) -> list[dict]:
@@ -173,6 +194,7 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
                 f"the partial notebook is {partial}; stored results were left untouched."
             ) from None
         wall = round(time.perf_counter() - start, 1)
+        externalize_file(partial, layout.results_dir / "figures", layout.figures_link_dir)
         os.replace(partial, target)
         # A report's inputs include the results it read; claims before it may have just rewritten them.
         wanted = inputs_hash(source, layout.profile, layout.results_dir)
@@ -184,7 +206,9 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
 
 
 def _copy_book_sources(layout: BuildLayout) -> None:
-    """A scratch build gets the book's hand-written sources beside its own executed notebooks."""
+    """A scratch build gets the book's hand-written sources beside its own executed notebooks, and its
+    figures where those notebooks link to them."""
+    shutil.copytree(layout.results_dir / "figures", layout.figures_link_dir, dirs_exist_ok=True)
     for item in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / item, layout.book_root / item)
     target = layout.book_root / "book"

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from abi.backbones import Backbone
 from abi.features import IGNORE_INDEX, FeatureSet
 from abi.module import ABIModule
 from abi.objectives import CalibrationObjective, get_objective
+from abi.progress import tqdm
 from abi.schedule import PhaseSchedule
 
 

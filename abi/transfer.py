@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from abi.backbones import Backbone
 from abi.module import ABIModule
 from abi.paths import cache_dir
+from abi.progress import tqdm
 from abi.shared_text import SentenceMismatchError, TokenizedSentences
 
 _POOLED_CACHE_FORMAT = 2  # 2: last tap after the final norm; pooled final state at the correction site

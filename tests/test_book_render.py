@@ -24,6 +24,7 @@ import pytest
 
 from abi import book_assets
 from abi.book_assets import CHROMIUM, CHROMIUM_FLAGS, OFFLINE_RESOLVER, chapter_pages
+from abi.executed_figures import referenced_figures
 from abi.paths import REPO_ROOT
 from abi.pipeline import BuildLayout, build_book, is_current, is_report, run_notebooks
 
@@ -133,9 +134,13 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, 
 
 
 def _figure_outputs(notebook: Path) -> int:
-    """Images among an executed notebook's cell outputs (each must appear on its page)."""
-    cells = nbformat.read(notebook, as_version=4).cells
-    return sum("image/png" in output.get("data", {}) for cell in cells for output in cell.get("outputs", []))
+    """Images among an executed notebook's cell outputs, embedded or linked figure files (each must
+    appear on its page)."""
+    executed = nbformat.read(notebook, as_version=4)
+    embedded = sum(
+        "image/png" in output.get("data", {}) for cell in executed.cells for output in cell.get("outputs", [])
+    )
+    return embedded + len(referenced_figures(executed))
 
 
 def _local_file(url: str, site: str, html: Path) -> Path | None:

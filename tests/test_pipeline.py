@@ -117,6 +117,25 @@ def test_comments_and_docstrings_do_not_count_but_code_does(fake_repo: Path):
     assert _hash() != before
 
 
+def test_cell_ids_and_editor_metadata_do_not_count_but_text_and_tags_do(fake_repo: Path):
+    path = pipeline.NOTEBOOK_DIR / "01_core.ipynb"
+    notebook = json.loads(path.read_text())
+    before = _hash()
+    for number, cell in enumerate(notebook["cells"]):  # what a JupyterLab or jupytext save adds
+        cell["id"] = f"cell-{number}"
+        cell["metadata"] = {"lines_to_next_cell": 2, "collapsed": True}
+        cell["source"] = cell["source"].splitlines(keepends=True)  # nbformat's list-of-lines form
+    notebook["metadata"] = {"kernelspec": {"name": "python3"}, "jupytext": {"formats": "ipynb,py:percent"}}
+    path.write_text(json.dumps(notebook, indent=1))
+    assert _hash() == before
+    notebook["cells"][0]["metadata"]["tags"] = ["parameters"]
+    path.write_text(json.dumps(notebook))
+    with_tag = _hash()
+    notebook["cells"][-1]["source"] = ["A reworded sentence."]
+    path.write_text(json.dumps(notebook))
+    assert len({before, with_tag, _hash()}) == 3
+
+
 def test_checkpoint_and_relative_import_changes_count(fake_repo: Path):
     before = _hash()
     (fake_repo / "abi/store/weights/w.bin").write_bytes(b"\x00\x02")

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from abi.experiments.backbone_invariance_setup import Setup
 from abi.experiments.backbone_invariance_stats import CONDITION_LABELS
@@ -18,6 +17,7 @@ from abi.features import IGNORE_INDEX
 from abi.finetune import token_nll
 from abi.module import count_parameters
 from abi.nib import nib_position_metrics, per_window_metrics
+from abi.progress import tqdm
 from abi.results import backbone_record
 from abi.train import module_logits
 

@@ -212,7 +212,7 @@ def mean_nll(
 
 def train(data_dir: Path, out_dir: Path, recipe: Recipe = Recipe(), device: str = "cpu") -> dict[str, Any]:
     """Pre-train with the prefix-LM objective; keep the best validation state; evaluate; save."""
-    from tqdm.auto import tqdm
+    from abi.progress import tqdm
 
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)

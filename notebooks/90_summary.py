@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Summary: every published figure beside ours
+#
+# One row per published figure. *Published* is quoted from the release's FAQ. *Ours* is read from the
+# claim's result file at build time, on this book's profile. The verdict is the one the claim's chapter
+# states, computed once when the result is written and re-derived by `make verify`: **reproduced**, **not
+# reproduced**, **passes but not discriminative**, **not testable in this regime** (the module does not matter
+# enough, or the bare backbone already passes) or **mixed**, with the reason. A row of a claim that stores row
+# verdicts (claim 1, one row per setting) shows its own. Each claim's chapter shows the full evidence:
+# intervals, floors, ceilings and figures. A claim whose notebook has not been run yet is listed as **not
+# testable here**.
+
+# %% tags=["parameters"]
+# Parameters (papermill). None means the default.
+profile = "cpu"
+results_dir = None
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from abi.paths import REPO_ROOT
+from abi.reports.summary import glue_name, summary_table, verdict_counts
+
+out_dir = Path(results_dir) if results_dir else REPO_ROOT / "results"
+table = summary_table(out_dir)
+counts = verdict_counts(table)
+for verdict, count in counts.items():
+    glue(glue_name(verdict), count, display=False)
+display(Markdown("; ".join(f"**{count}** {verdict}" for verdict, count in counts.items()) + " (claims)."))
+
+# %%
+pd.set_option("display.max_colwidth", None)
+table[["claim", "figure", "published", "ours", "verdict"]].style.hide(axis="index")
+
+# %% [markdown]
+# ## Why, claim by claim
+
+# %%
+for claim, group in table.groupby("claim", sort=False):
+    first = group.iloc[0]
+    reasons = " ".join(dict.fromkeys(why[0].upper() + why[1:] + "." for why in group["why"]))
+    display(Markdown(f"**{claim}: {first['claim verdict']}.** {reasons}"))
