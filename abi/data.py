@@ -413,10 +413,13 @@ def _encode_files(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int
 def token_stream(files: Sequence[CorpusFile], tokenizer: Any, separator_id: int | None = None) -> np.ndarray:
     """Files in path order, each followed by ``separator_id`` (default: EOS), as one int64 array.
 
-    Cached as a plain ``.npy`` under ``cache_dir()/tokens`` (a flat array is all windows need;
-    ``datasets`` would add Arrow overhead for nothing), keyed by sha256 of the tokenizer
+    Cached as a plain ``.npy`` under ``cache_dir()/tokens`` (a flat array is all windows need),
+    keyed by sha256 of the tokenizer
     identity, the separator and the files' paths and hashes; its ``.json`` records the array's
     sha256, checked on load (a damaged entry is rebuilt, see :mod:`abi.cache_integrity`).
+    ``datasets``' ``.map`` cache gives the same ids (:mod:`abi.corpus_dataset`, which hands the corpora
+    out as a DatasetDict) but is no faster cold (benchmarks/window_preparation.py), keys entries by a
+    pickle of the tokenizer and never checks them: a flipped bit in its Arrow file is used as is.
     """
     if separator_id is None:
         separator_id = tokenizer.eos_token_id
