@@ -13,7 +13,7 @@ CI_DIR  ?= _build/ci
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test test-fast book notebooks book-only verify lint format clean-cache benchmarks ci-book t5-mini
+.PHONY: setup test test-fast book notebooks book-only verify lint format clean-cache benchmarks ci-book t5-mini lab sync-notebooks hooks dataset
 
 # Offline book: MathJax (npm, pinned; abi/book_assets.py copies it into each build) and Debian's
 # Chromium (tests/test_book_render.py renders the pages; front-page screenshot). Chromium needs root.
@@ -53,6 +53,11 @@ book: notebooks book-only
 verify: setup
 	$(PY) -m abi.cli verify
 
+# JupyterLab on notebooks/ with the project's kernel, offline (abi/lab.py); PORT=... picks the port.
+PORT ?= 8888
+lab: setup
+	$(PY) -m abi.lab --port $(PORT)
+
 # CI's rebuild: every notebook re-executed on the smoke profile into a scratch tree, then the book
 # built from it (the committed cpu results are checked by `make verify`).
 ci-book: setup
@@ -69,6 +74,22 @@ lint: setup
 format: setup
 	$(PY) -m ruff check --fix $(LINTED)
 	$(PY) -m ruff format $(LINTED)
+
+# Each notebook and its py:percent pair (notebooks/jupytext.toml): the newer one updates the other.
+sync-notebooks: setup
+	$(VENV)/bin/jupytext --sync notebooks/*.ipynb
+
+# A domain corpus as a datasets.DatasetDict (train/validation/test, a row per file with package, version,
+# licence, path, text), exactly the experiments' split: datasets.load_from_disk("$(DATASET_OUT)").
+DOMAIN      ?= python
+DATASET_OUT ?= _build/datasets/$(DOMAIN)
+dataset: setup
+	rm -rf $(DATASET_OUT)
+	$(PY) -m abi.corpus_dataset export --domain $(DOMAIN) --out $(DATASET_OUT)
+
+# The offline pre-commit hooks of .pre-commit-config.yaml (ruff, nbstripout, jupytext), run on every commit.
+hooks: setup
+	$(VENV)/bin/pre-commit install
 
 clean-cache:
 	rm -rf .cache
