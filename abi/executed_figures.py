@@ -1,27 +1,25 @@
-"""Executed notebooks point at the committed figure files instead of carrying base64 copies of them.
+"""Executed notebooks show the committed figure files as numbered, captioned figures, not base64 copies.
 
 A claim notebook saves each figure under ``results/figures/`` and displays that file. Stored as
 papermill leaves it, every re-run rewrote megabytes of base64 in ``book/executed/``, so a diff showed
-blobs instead of changed numbers. After a run, each PNG output that is byte for byte a file of the
-results' figures folder becomes a Markdown image of that file, linked relative to the notebook (so
-JupyterLab, GitHub and the book resolve it alike); any other image stays embedded.
+blobs instead of changed numbers, and the book showed an unnumbered image whose alt text was a path.
+After a run, each PNG output that is byte for byte a file of the results' figures folder becomes a MyST
+``figure`` of that file (linked relative to the notebook): numbered by the book, captioned and described
+by what its plotting module declares it shows (``FIGURES``). Any other image stays embedded.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 from pathlib import Path
 
 import nbformat
 
-from abi.cache_integrity import atomic_write_text
-
 _PNG = "image/png"
 _MARKDOWN = "text/markdown"
-_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.png)\)")
+_FIGURE_LINK = re.compile(r"^```\{figure\} (\S+\.png)$", re.MULTILINE)
 
 
 def figure_digests(figures_dir: Path) -> dict[str, str]:
@@ -29,21 +27,27 @@ def figure_digests(figures_dir: Path) -> dict[str, str]:
     return {hashlib.sha256(path.read_bytes()).hexdigest(): path.name for path in sorted(figures_dir.glob("*.png"))}
 
 
-def alt_text(file_name: str) -> str:
-    """A readable description from the figure's file name (``core_nib_dose.png`` -> "Figure: core nib dose")."""
-    return "Figure: " + Path(file_name).stem.replace("_", " ")
+def figure_label(file_name: str) -> str:
+    """The figure's cross-reference name in the book (``core_nib_dose.png`` -> ``fig-core-nib-dose``)."""
+    return "fig-" + Path(file_name).stem.replace("_", "-")
 
 
-def figure_reference(file_name: str, link_dir: str) -> nbformat.NotebookNode:
-    """The display output that shows a committed figure by reference."""
+def figure_reference(file_name: str, link_dir: str, description: str) -> nbformat.NotebookNode:
+    """The display output that shows a committed figure by reference: a MyST figure whose caption and alt
+    text say what it shows (the book renders text/markdown outputs as MyST and numbers the figure)."""
     link = f"{link_dir}/{file_name}"
-    return nbformat.v4.new_output(
-        "display_data", data={_MARKDOWN: f"![{alt_text(file_name)}]({link})", "text/plain": f"<figure {link}>"}
+    text = description[:1].upper() + description[1:]
+    markdown = "\n".join(
+        [f"```{{figure}} {link}", f":name: {figure_label(file_name)}", f":alt: {text}", "", f"{text}.", "```"]
     )
+    return nbformat.v4.new_output("display_data", data={_MARKDOWN: markdown, "text/plain": f"<figure {link}>"})
 
 
-def externalize(notebook: nbformat.NotebookNode, digests: dict[str, str], link_dir: str) -> int:
-    """Replace, in place, every PNG output that equals a figure file by a reference to it; returns how many."""
+def externalize(
+    notebook: nbformat.NotebookNode, digests: dict[str, str], link_dir: str, descriptions: dict[str, str]
+) -> int:
+    """Replace, in place, every PNG output that equals a figure file by a reference to it; returns how many.
+    ``descriptions`` maps a figure's file stem to what it shows (a missing one is described by its name)."""
     replaced = 0
     for cell in notebook.cells:
         for index, output in enumerate(cell.get("outputs", [])):
@@ -52,19 +56,9 @@ def externalize(notebook: nbformat.NotebookNode, digests: dict[str, str], link_d
                 continue
             name = digests.get(hashlib.sha256(base64.b64decode(png)).hexdigest())
             if name is not None:
-                cell.outputs[index] = figure_reference(name, link_dir)
+                description = descriptions.get(Path(name).stem, Path(name).stem.replace("_", " "))
+                cell.outputs[index] = figure_reference(name, link_dir, description)
                 replaced += 1
-    return replaced
-
-
-def externalize_file(notebook_path: Path, figures_dir: Path, linked_dir: Path) -> int:
-    """Rewrite an executed notebook so its figures reference ``linked_dir`` (where the book finds the figure
-    files) instead of embedding them; the file is replaced atomically and only if something changed."""
-    notebook = nbformat.read(notebook_path, as_version=4)
-    link_dir = Path(os.path.relpath(linked_dir, notebook_path.parent)).as_posix()
-    replaced = externalize(notebook, figure_digests(figures_dir), link_dir)
-    if replaced:
-        atomic_write_text(notebook_path, nbformat.writes(notebook) + "\n")
     return replaced
 
 
@@ -74,5 +68,5 @@ def referenced_figures(notebook: nbformat.NotebookNode) -> list[str]:
         link
         for cell in notebook.cells
         for output in cell.get("outputs", [])
-        for link in _IMAGE_LINK.findall(output.get("data", {}).get(_MARKDOWN, ""))
+        for link in _FIGURE_LINK.findall(output.get("data", {}).get(_MARKDOWN, ""))
     ]

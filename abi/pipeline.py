@@ -7,8 +7,9 @@ docstrings; see ``abi.import_graph``) with the committed checkpoints of the pack
 the installed versions of the packages that ship models and code, and, for the report notebooks
 that only read results (summary, cost appendix), the result files they read. A failed notebook
 stops the build with the failing cell shown; its partial output goes to a ``.failed`` copy, so the
-stored executed notebook and results are never half overwritten. A finished notebook's figures are
-stored as links to the committed figure files, not as base64 copies (``abi.executed_figures``).
+stored executed notebook and results are never half overwritten. A finished notebook is tidied for
+readers before it is stored (``abi.executed_tidy``): code folded, figures as numbered links to the
+committed figure files, no machine paths, no timestamps.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from abi.executed_figures import externalize_file
+from abi.executed_tidy import tidy_file
 from abi.import_graph import RepoIndex
 from abi.paths import REPO_ROOT
 from abi.profiles import check_profile
@@ -75,6 +76,11 @@ class BuildLayout:
     @property
     def is_committed_tree(self) -> bool:
         return self.book_root == REPO_ROOT
+
+    @property
+    def machine_roots(self) -> tuple[Path, ...]:
+        """The folders whose absolute paths a stored chapter must not show (it shows paths relative to them)."""
+        return (REPO_ROOT, self.book_root, self.results_dir.parent)
 
     @property
     def figures_link_dir(self) -> Path:
@@ -194,7 +200,7 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
                 f"the partial notebook is {partial}; stored results were left untouched."
             ) from None
         wall = round(time.perf_counter() - start, 1)
-        externalize_file(partial, layout.results_dir / "figures", layout.figures_link_dir)
+        tidy_file(partial, layout.results_dir / "figures", layout.figures_link_dir, layout.machine_roots)
         os.replace(partial, target)
         # A report's inputs include the results it read; claims before it may have just rewritten them.
         wanted = inputs_hash(source, layout.profile, layout.results_dir)
@@ -236,7 +242,9 @@ def build_book(layout: BuildLayout) -> Path:
         _copy_book_sources(layout)
     book_assets.install_mathjax(layout.book_root)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jupyter_book), "build", str(layout.book_root), "--path-output", str(layout.book_root)]
+    # --all: every page and static file written afresh (seconds); an incremental build with no changed page
+    # skips copying static files, so an edited stylesheet would never reach the pages.
+    command = [str(jupyter_book), "build", str(layout.book_root), "--path-output", str(layout.book_root), "--all"]
     subprocess.run(command, check=True)
     book_assets.screenshot_front_page(layout.book_root)
     return layout.book_root / "_build" / "html" / "index.html"

@@ -42,13 +42,27 @@ _PAGE_FACTS = """() => ({
                .map(e => e.textContent.slice(0, 80)),
   containers: document.querySelectorAll('mjx-container').length,
   mathErrors: [...document.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 80)),
-  images: document.images.length,
+  imageCount: document.images.length,
   brokenImages: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
   links: [...document.querySelectorAll('a[href]')].map(a => a.href),
   missingAnchors: [...document.querySelectorAll('a[href^="#"]')].map(a => decodeURIComponent(a.hash.slice(1)))
                     .filter(id => id && !document.getElementById(id)),
   nav: [...document.querySelectorAll('nav.bd-docs-nav a[href]')].map(a => a.href),
+  // Wider than the viewport and not inside a box that scrolls it (a table may scroll in its own box).
+  overflowing: [...document.querySelectorAll('article *')].filter(e => {
+    const box = e.getBoundingClientRect();
+    if (box.width === 0 || (box.right <= innerWidth + 1 && box.left >= -1)) return false;
+    for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) {
+      if (['auto', 'scroll', 'hidden'].includes(getComputedStyle(p).overflowX)) return false;
+    }
+    return true;
+  }).map(e => `${e.tagName}.${e.className} (${Math.round(e.getBoundingClientRect().width)} px)`),
+  images: [...document.querySelectorAll('article img')].map(i => ({
+    src: i.src, alt: i.alt, caption: i.closest('figure')?.querySelector('figcaption')?.textContent.trim() || '',
+  })),
+  text: document.body.innerText,
 })"""
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 
 
 def _ready_notebooks(names: list[str]) -> list[Path] | None:
@@ -152,14 +166,17 @@ def _local_file(url: str, site: str, html: Path) -> Path | None:
 
 
 @needs_chromium
+@pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("page_path", PAGES)
-def test_page_renders_offline(page_path: str, built_book: Path, site: str, browser: tuple) -> None:
+def test_page_renders_offline(page_path: str, width: str, built_book: Path, site: str, browser: tuple) -> None:
     context, log = browser
     log["external"].clear()
     log["failed"].clear()
     errors: list[str] = []
     page = context.new_page()
+    page.set_viewport_size(dict(zip(("width", "height"), WIDTHS[width])))
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     try:
         response = page.goto(site + page_path, wait_until="load")
         assert response is not None and response.ok, f"{page_path}: {response and response.status}"
@@ -173,7 +190,11 @@ def test_page_renders_offline(page_path: str, built_book: Path, site: str, brows
     assert facts["title"], f"{page_path}: the page has no title"
     assert not log["external"], f"{page_path}: requests left the machine: {log['external']}"
     assert not log["failed"], f"{page_path}: local requests failed: {log['failed']}"
-    assert not errors, f"{page_path}: JavaScript errors: {errors}"
+    assert not errors, f"{page_path}: JavaScript or console errors: {errors}"
+    assert not facts["overflowing"], f"{page_path} ({width}): wider than the page: {facts['overflowing'][:5]}"
+    for root in {str(REPO_ROOT), str(built_book)}:
+        assert root not in facts["text"], f"{page_path}: shows the build machine's folder {root}"
+    assert "site-packages" not in facts["text"], f"{page_path}: shows an installation path"
     assert not facts["untypeset"], f"{page_path}: MathJax left these formulas as TeX: {facts['untypeset']}"
     assert not facts["mathErrors"], f"{page_path}: MathJax could not typeset: {facts['mathErrors']}"
     assert not facts["brokenImages"], f"{page_path}: images did not load: {facts['brokenImages']}"
@@ -185,11 +206,20 @@ def test_page_renders_offline(page_path: str, built_book: Path, site: str, brows
     if page_path == PAGES[0]:
         # The front page has display and inline math: MathJax must have drawn it, not left it raw.
         assert facts["math"] > 0 and facts["containers"] >= facts["math"], facts
+    for image in facts["images"]:
+        name = Path(urlsplit(image["src"]).path).name
+        assert image["alt"] and "/" not in image["alt"] and name not in image["alt"], (
+            f"{page_path}: image {name} has no description as alt text ({image['alt']!r})"
+        )
     if "executed/" in page_path:
         figures = _figure_outputs(built_book / page_path.replace(".html", ".ipynb"))
-        assert facts["images"] >= figures, f"{page_path}: {figures} figure outputs, {facts['images']} images shown"
+        shown = len(facts["images"])
+        assert shown >= figures, f"{page_path}: {figures} figure outputs, {shown} images shown"
         if not is_report(Path(page_path).stem):
             assert figures > 0, f"{page_path}: a claim chapter without its figures"
+        uncaptioned = [image["src"] for image in facts["images"] if not image["caption"]]
+        linked = len(referenced_figures(nbformat.read(built_book / page_path.replace(".html", ".ipynb"), 4)))
+        assert len(facts["images"]) - len(uncaptioned) >= linked, f"{page_path}: figures without caption"
 
 
 @needs_chromium
