@@ -13,7 +13,7 @@ CI_DIR  ?= _build/ci
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test test-fast book notebooks book-only verify lint format clean-cache benchmarks ci-book t5-mini lab sync-notebooks hooks dataset
+.PHONY: setup test test-fast book notebooks book-only verify lint format clean-cache benchmarks ci-book t5-mini lab sync-notebooks hooks dataset serve pdf
 
 # Offline book: MathJax (npm, pinned; abi/book_assets.py copies it into each build) and Debian's
 # Chromium (tests/test_book_render.py renders the pages; front-page screenshot). Chromium needs root.
@@ -50,8 +50,18 @@ book-only: setup
 
 book: notebooks book-only
 
+# The book's PDF (printed from the single-page build by headless Chromium); book-only makes it too.
+pdf: book-only
+	@echo "pdf: _build/html/abi-reproduced.pdf"
+
 verify: setup
 	$(PY) -m abi.cli verify
+
+# The built book on localhost: search works there (a page opened as a file cannot fetch the search index).
+SERVE_PORT ?= 8000
+serve:
+	@test -f _build/html/index.html || { echo "no built book in _build/html: run make book-only first"; exit 2; }
+	$(PYTHON) -m http.server --bind 127.0.0.1 --directory _build/html $(SERVE_PORT)
 
 # JupyterLab on notebooks/ with the project's kernel, offline (abi/lab.py); PORT=... picks the port.
 PORT ?= 8888

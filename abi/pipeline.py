@@ -215,7 +215,7 @@ def _copy_book_sources(layout: BuildLayout) -> None:
     """A scratch build gets the book's hand-written sources beside its own executed notebooks, and its
     figures where those notebooks link to them."""
     shutil.copytree(layout.results_dir / "figures", layout.figures_link_dir, dirs_exist_ok=True)
-    for item in ("_config.yml", "_toc.yml"):
+    for item in ("_config.yml", "_toc.yml", "CHANGELOG.md"):
         shutil.copy(REPO_ROOT / item, layout.book_root / item)
     target = layout.book_root / "book"
     for path in (REPO_ROOT / "book").iterdir():
@@ -228,12 +228,16 @@ def _copy_book_sources(layout: BuildLayout) -> None:
 
 
 def build_book(layout: BuildLayout) -> Path:
-    """Build the HTML book with jupyter-book (notebooks are rendered, not re-executed).
+    """Build the HTML book with jupyter-book (notebooks are rendered, not re-executed), and its PDF.
 
     MathJax is copied in from the local install first, so the pages render math offline (a missing
-    install fails here, naming `make setup`); a screenshot of the front page is saved beside the HTML.
+    install fails here, naming `make setup`). The PDF is printed from the single-page build first
+    (``abi.book_pdf``), so the HTML build copies it and the front page links it; a screenshot of the
+    front page is saved beside the HTML.
     """
     from abi import book_assets
+    from abi.book_edition import edition, edition_config
+    from abi.book_pdf import build_pdf
     from abi.verify import require_verified
 
     require_verified(layout.results_dir)  # a tampered or stale result stops the build, naming the file
@@ -244,7 +248,10 @@ def build_book(layout: BuildLayout) -> Path:
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     # --all: every page and static file written afresh (seconds); an incremental build with no changed page
     # skips copying static files, so an edited stylesheet would never reach the pages.
+    config = edition_config(layout.book_root, edition(layout.profile, layout.is_committed_tree))
     command = [str(jupyter_book), "build", str(layout.book_root), "--path-output", str(layout.book_root), "--all"]
+    command += ["--config", str(config)]
+    print(f"pdf: {build_pdf(layout.book_root, config)}", flush=True)
     subprocess.run(command, check=True)
     book_assets.screenshot_front_page(layout.book_root)
     return layout.book_root / "_build" / "html" / "index.html"

@@ -33,17 +33,21 @@ results_dir = None
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
+from markdown_it import MarkdownIt
 from myst_nb import glue
 
 from abi.paths import REPO_ROOT
-from abi.reports.summary import glue_name, summary_table, verdict_counts
+from abi.reports.summary import at_a_glance, findings, glue_name, summary_table, verdict_counts
 
 out_dir = Path(results_dir) if results_dir else REPO_ROOT / "results"
 table = summary_table(out_dir)
 counts = verdict_counts(table)
 for verdict, count in counts.items():
     glue(glue_name(verdict), count, display=False)
+glue("summary_at_a_glance", at_a_glance(table).style.hide(axis="index"), display=False)
+# As HTML: a page that pastes another notebook's glued value renders its HTML, not its Markdown.
+glue("summary_findings", HTML(MarkdownIt().render(findings(table, out_dir))), display=False)
 display(Markdown("; ".join(f"**{count}** {verdict}" for verdict, count in counts.items()) + " (claims)."))
 
 # %%

@@ -15,6 +15,15 @@ from abi.backbones.loading import load_pretrained  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def playwright():
+    """The session's one Playwright driver: its sync API cannot start twice in one process, so the book's
+    render test and the JupyterLab test share it (each launches its own browser)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing; run `make setup`")
+    with sync_api.sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
 def tiny_llama() -> Backbone:
     """The shared (lru-cached) tiny Llama: read it, never mutate it."""
     return load_backbone("tiny-llama")

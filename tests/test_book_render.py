@@ -10,11 +10,13 @@ from a fresh smoke-profile run of the toc's notebooks (about a minute more on an
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import threading
 from collections.abc import Iterator
 from functools import partial
+from html import unescape
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -113,10 +115,9 @@ def site(built_book: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict]]:
+def browser(playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict]]:
     """Debian's Chromium driven by playwright, with a fresh profile; requests to other hosts are
     blocked and recorded (``log["external"]``), failed local ones too (``log["failed"]``)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing; run `make setup`")
     log: dict[str, list[str]] = {"external": [], "failed": []}
 
     def gate(route) -> None:
@@ -131,20 +132,19 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, 
         if response.status >= 400:
             log["failed"].append(f"{response.status} {response.url}")
 
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[*CHROMIUM_FLAGS, OFFLINE_RESOLVER],
-        )
-        context.route("**/*", gate)
-        context.on("response", check_response)
-        context.on("requestfailed", lambda request: log["failed"].append(f"{request.failure} {request.url}"))
-        try:
-            yield context, log
-        finally:
-            context.close()
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("chromium-profile")),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[*CHROMIUM_FLAGS, OFFLINE_RESOLVER],
+    )
+    context.route("**/*", gate)
+    context.on("response", check_response)
+    context.on("requestfailed", lambda request: log["failed"].append(f"{request.failure} {request.url}"))
+    try:
+        yield context, log
+    finally:
+        context.close()
 
 
 def _figure_outputs(notebook: Path) -> int:
@@ -240,3 +240,30 @@ def test_build_without_local_mathjax_names_the_fix(monkeypatch: pytest.MonkeyPat
     shutil.copytree(REPO_ROOT / "results", layout.results_dir)  # verified results: the build gets to MathJax
     with pytest.raises(SystemExit, match="make setup"):
         build_book(layout)
+
+
+def _normalised(text: str) -> str:
+    """Text as compared: ligatures unfolded, whitespace and hyphenation at line ends collapsed."""
+    text = text.replace("\ufb01", "fi").replace("\ufb02", "fl").replace("-\n", "-")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@needs_chromium
+def test_the_pdf_holds_every_chapter_and_figure(built_book: Path) -> None:
+    """build_book() prints the single-page build to a PDF that the front page links, with every chapter."""
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is missing; run `make setup`")
+    html = built_book / "_build" / "html"
+    pdf = html / "abi-reproduced.pdf"
+    assert pdf.is_file(), "the book's PDF is missing from the built site"
+    reader = pypdf.PdfReader(pdf)
+    text = _normalised(" ".join(page.extract_text() for page in reader.pages))
+    for page_path in PAGES:
+        heading = re.search(r"<title>(.*?)</title>", (html / page_path).read_text(), re.S)
+        assert heading, f"{page_path} has no title"
+        title = _normalised(unescape(heading.group(1)).rsplit(" \u2014 ", 1)[0])
+        assert title in text, f"the PDF misses the chapter {title!r}"
+    figures = sum(
+        len(referenced_figures(nbformat.read(path, 4))) for path in (built_book / "book/executed").glob("*.ipynb")
+    )
+    assert sum(len(page.images) for page in reader.pages) >= figures, "the PDF misses figures"
+    assert "abi-reproduced.pdf" in (html / PAGES[0]).read_text(), "the front page does not link the PDF"

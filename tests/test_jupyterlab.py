@@ -119,27 +119,25 @@ def jupyterlab(tmp_path: Path) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def page() -> Iterator[tuple[object, list[str]]]:
+def page(playwright) -> Iterator[tuple[object, list[str]]]:
     """A page of Debian's Chromium (fresh profile) that cannot resolve other hosts; requests to them are
     recorded. (Not intercepted with a route: a routed request waits for this process to answer it,
     and this process answers only inside playwright calls, so a save could hang through a wait.)"""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing; run `make setup`")
     external: list[str] = []
 
     def record_external(request) -> None:
         if urlsplit(request.url).hostname not in LOCAL_HOSTS:
             external.append(request.url)
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_FLAGS, OFFLINE_RESOLVER]
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.on("request", record_external)
-            yield context.new_page(), external
-        finally:
-            browser.close()
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_FLAGS, OFFLINE_RESOLVER]
+    )
+    try:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.on("request", record_external)
+        yield context.new_page(), external
+    finally:
+        browser.close()
 
 
 def _accept_dialogs(page) -> None:

@@ -71,6 +71,58 @@ def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
     return {verdict: int((per_claim == verdict).sum()) for verdict in dict.fromkeys(per_claim)}
 
 
+def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim with its verdict: the front page's table (glued as ``summary_at_a_glance``), read from
+    the same rows as the summary's (whose "why, claim by claim" gives the reasons)."""
+    return table.groupby("claim", sort=False)["claim verdict"].first().reset_index(name="verdict")
+
+
+def _setting_finding(result: dict, setting: str) -> str:
+    """One setting of a gated claim in a sentence: its verdict, the gate's numbers, agreement, floor, ceiling."""
+    from abi.experiments.core_nib_stats import setting_view
+    from abi.plotting.core_nib import setting_label
+
+    view = setting_view(result, setting)
+    gate, top5 = view["gate"], view["groups"]["candidate"]["top5"]
+    floor = view["groups"]["random_calibrated"]["top5"]["estimate"]
+    ceiling = view["comparisons"]["ceiling"]["summary"]["top5"]
+    seeds = len(result["settings"][setting].get("candidate_seeds", []))
+    spread = "one seed" if seeds == 1 else f"{top5['low']:.3f} to {top5['high']:.3f}, {seeds} seeds"
+    return (
+        f"*{setting_label(result, setting)}*: **{view['row_verdict']}** (the module lowers held-out perplexity "
+        f"by {gate['module_ppl_reduction']:.0%}; the bare backbone {gate['bare_backbone_nib'].lower()}s the NIB "
+        f"against it; candidates' held-out top-5 with the anchor {top5['estimate']:.3f} ({spread}) against the "
+        f"threshold 0.86; an untrained module through the same calibration {floor:.3f}; seed ceiling "
+        f"{ceiling:.3f})"
+    )
+
+
+def findings(table: pd.DataFrame, results_dir: Path) -> str:
+    """The front page's findings, in Markdown, from the result files: each claim's verdict and, for a claim
+    whose result stores regime gates (claim 1), each setting's numbers. A result written before the gates
+    existed is said to be so."""
+    lines = []
+    for name in notebook_names():
+        claim = claim_of(name)
+        if _stats_module(claim) is None:
+            continue
+        rows = table[table["claim"].str.startswith(f"{int(name[:2])}.")]
+        label, verdict = rows["claim"].iloc[0], rows["claim verdict"].iloc[0]
+        path = Path(results_dir) / f"{claim}.json"
+        result = load_result(path) if path.is_file() else None
+        if result is None:
+            lines.append(f"- **{label}: {verdict}** (its notebook has not been run).")
+        elif "regime_gates" in result:
+            settings = "; ".join(_setting_finding(result, setting) for setting in result["regime_gates"])
+            lines.append(f"- **{label}: {verdict}.** {settings}.")
+        else:
+            lines.append(
+                f"- **{label}: {verdict}**, from a result written before regime gates existed (no gate, earlier "
+                "correction site): to be re-run."
+            )
+    return "\n".join(lines)
+
+
 def glue_name(verdict: str) -> str:
     """``passes, but not above every floor`` -> ``summary_passes_but_not_above_every_floor``."""
     return "summary_" + re.sub(r"\W+", "_", verdict).strip("_")

@@ -1,0 +1,49 @@
+"""The front page: its findings and verdict table come from the result files, and it names its edition."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from abi.book_edition import edition, edition_config
+from abi.paths import REPO_ROOT
+from abi.reports.summary import at_a_glance, findings, summary_table
+
+RESULTS = REPO_ROOT / "results"
+
+
+def test_findings_state_every_claims_verdict_and_claim_1s_gates(tmp_path: Path) -> None:
+    table = summary_table(RESULTS)
+    text = findings(table, RESULTS)
+    glance = at_a_glance(table)
+    assert len(text.splitlines()) == len(glance) == 4
+    for claim, verdict in zip(glance["claim"], glance["verdict"]):
+        assert f"**{claim}: {verdict}" in text
+    assert "the module lowers held-out perplexity by" in text, "claim 1's gate numbers are stated"
+    assert "before regime gates existed" in text, "claims 2-4's results predate the gates, and it says so"
+
+
+def test_a_claim_without_a_result_is_said_to_be_unrun(tmp_path: Path) -> None:
+    shutil.copy(RESULTS / "core_nib.json", tmp_path / "core_nib.json")
+    text = findings(summary_table(tmp_path), tmp_path)
+    assert text.count("its notebook has not been run") == 3
+
+
+def test_the_edition_names_the_version_and_the_results_commit(tmp_path: Path) -> None:
+    committed = edition("cpu", committed_results=True)
+    assert committed["version"] and committed["profile"] == "cpu"
+    assert len(committed["results_commit"]) >= 7 and committed["results_date"][:2] == "20"
+    assert edition("smoke", committed_results=False)["results_commit"] == "this build's own smoke run"
+
+
+def test_the_edition_config_adds_substitutions_and_leaves_the_committed_config_alone(tmp_path: Path) -> None:
+    shutil.copy(REPO_ROOT / "_config.yml", tmp_path / "_config.yml")
+    before = (tmp_path / "_config.yml").read_text()
+    path = edition_config(tmp_path, {"version": "9.9", "results_commit": "abc1234"})
+    config = yaml.safe_load(path.read_text())
+    assert config["parse"]["myst_substitutions"] == {"version": "9.9", "results_commit": "abc1234"}
+    assert "substitution" in config["parse"]["myst_enable_extensions"]
+    assert (tmp_path / "_config.yml").read_text() == before
+    assert path.is_relative_to(tmp_path / "_build")
