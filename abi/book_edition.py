@@ -1,6 +1,6 @@
 """Which edition of the paper a build shows: the project's version, the commit and date of its results.
 
-The front page prints them (MyST substitutions ``{{ version }}``, ``{{ results_commit }}``,
+The front page prints them (MyST substitutions ``{{ version }}``, ``{{ results_source }}``,
 ``{{ results_date }}``, ``{{ profile }}``), so a reader of any copy, HTML or PDF, knows what they are
 reading. They are computed at build time, never typed: the committed results' last commit from git; a
 scratch build (``PROFILE=smoke make book``, CI) names its own run instead. The build reads a copy of
@@ -44,9 +44,10 @@ def edition(profile: str, committed_results: bool, root: Path = REPO_ROOT) -> di
         version = "unknown (the package is not installed)"
     if committed_results:
         commit, date = _results_commit(root)
+        source = f"the committed results of commit {commit}"
     else:
-        commit, date = f"this build's own {profile} run", dt.date.today().isoformat()
-    return {"version": version, "results_commit": commit, "results_date": date, "profile": profile}
+        source, date = f"this build's own {profile} run", dt.date.today().isoformat()
+    return {"version": version, "results_source": source, "results_date": date, "profile": profile}
 
 
 def edition_config(book_root: Path, values: dict[str, str]) -> Path:

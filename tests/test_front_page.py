@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -34,16 +35,17 @@ def test_a_claim_without_a_result_is_said_to_be_unrun(tmp_path: Path) -> None:
 def test_the_edition_names_the_version_and_the_results_commit(tmp_path: Path) -> None:
     committed = edition("cpu", committed_results=True)
     assert committed["version"] and committed["profile"] == "cpu"
-    assert len(committed["results_commit"]) >= 7 and committed["results_date"][:2] == "20"
-    assert edition("smoke", committed_results=False)["results_commit"] == "this build's own smoke run"
+    assert re.fullmatch(r"the committed results of commit [0-9a-f]{7,}", committed["results_source"])
+    assert committed["results_date"][:2] == "20"
+    assert edition("smoke", committed_results=False)["results_source"] == "this build's own smoke run"
 
 
 def test_the_edition_config_adds_substitutions_and_leaves_the_committed_config_alone(tmp_path: Path) -> None:
     shutil.copy(REPO_ROOT / "_config.yml", tmp_path / "_config.yml")
     before = (tmp_path / "_config.yml").read_text()
-    path = edition_config(tmp_path, {"version": "9.9", "results_commit": "abc1234"})
+    path = edition_config(tmp_path, {"version": "9.9", "results_source": "commit abc1234"})
     config = yaml.safe_load(path.read_text())
-    assert config["parse"]["myst_substitutions"] == {"version": "9.9", "results_commit": "abc1234"}
+    assert config["parse"]["myst_substitutions"] == {"version": "9.9", "results_source": "commit abc1234"}
     assert "substitution" in config["parse"]["myst_enable_extensions"]
     assert (tmp_path / "_config.yml").read_text() == before
     assert path.is_relative_to(tmp_path / "_build")

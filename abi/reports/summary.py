@@ -77,6 +77,9 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
     return table.groupby("claim", sort=False)["claim verdict"].first().reset_index(name="verdict")
 
 
+_BARE_VERB = {"PASS": "passes", "FAIL": "fails"}
+
+
 def _setting_finding(result: dict, setting: str) -> str:
     """One setting of a gated claim in a sentence: its verdict, the gate's numbers, agreement, floor, ceiling."""
     from abi.experiments.core_nib_stats import setting_view
@@ -90,7 +93,7 @@ def _setting_finding(result: dict, setting: str) -> str:
     spread = "one seed" if seeds == 1 else f"{top5['low']:.3f} to {top5['high']:.3f}, {seeds} seeds"
     return (
         f"*{setting_label(result, setting)}*: **{view['row_verdict']}** (the module lowers held-out perplexity "
-        f"by {gate['module_ppl_reduction']:.0%}; the bare backbone {gate['bare_backbone_nib'].lower()}s the NIB "
+        f"by {gate['module_ppl_reduction']:.0%}; the bare backbone {_BARE_VERB[gate['bare_backbone_nib']]} the NIB "
         f"against it; candidates' held-out top-5 with the anchor {top5['estimate']:.3f} ({spread}) against the "
         f"threshold 0.86; an untrained module through the same calibration {floor:.3f}; seed ceiling "
         f"{ceiling:.3f})"
