@@ -5,7 +5,8 @@ papermill leaves it, every re-run rewrote megabytes of base64 in ``book/executed
 blobs instead of changed numbers, and the book showed an unnumbered image whose alt text was a path.
 After a run, each PNG output that is byte for byte a file of the results' figures folder becomes a MyST
 ``figure`` of that file (linked relative to the notebook): numbered by the book, captioned and described
-by what its plotting module declares it shows (``FIGURES``). Any other image stays embedded.
+by what its plotting module declares it shows (``FIGURES``), and a click or tap opens it full size.
+Any other image stays embedded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import nbformat
 
 _PNG = "image/png"
 _MARKDOWN = "text/markdown"
+# The book's figures live under its root at results/figures/; Sphinx copies each image to _images/ by name.
+_FIGURES_UNDER_ROOT = "results/figures"
+_SPHINX_IMAGES = "_images"
 _FIGURE_LINK = re.compile(r"^```\{figure\} (\S+\.png)$", re.MULTILINE)
 
 
@@ -37,9 +41,11 @@ def figure_reference(file_name: str, link_dir: str, description: str) -> nbforma
     text say what it shows (the book renders text/markdown outputs as MyST and numbers the figure)."""
     link = f"{link_dir}/{file_name}"
     text = description[:1].upper() + description[1:]
-    markdown = "\n".join(
-        [f"```{{figure}} {link}", f":name: {figure_label(file_name)}", f":alt: {text}", "", f"{text}.", "```"]
-    )
+    options = [f":name: {figure_label(file_name)}", f":alt: {text}"]
+    if link_dir.endswith(_FIGURES_UNDER_ROOT):  # the page sits as deep as the notebook: the site's root is there
+        site_root = link_dir.removesuffix(_FIGURES_UNDER_ROOT)
+        options.append(f":target: {site_root}{_SPHINX_IMAGES}/{file_name}")  # a tap opens it full size
+    markdown = "\n".join([f"```{{figure}} {link}", *options, "", f"{text}.", "```"])
     return nbformat.v4.new_output("display_data", data={_MARKDOWN: markdown, "text/plain": f"<figure {link}>"})
 
 

@@ -71,6 +71,7 @@ def test_a_figure_file_output_becomes_a_captioned_figure_link_and_other_images_s
     markdown = notebook.cells[-2].outputs[0]["data"]["text/markdown"]
     assert ":name: fig-core-nib-arms" in markdown
     assert ":alt: Held-out NIB metrics of each arm" in markdown, "alt text and caption say what the figure shows"
+    assert ":target: ../../_images/core_nib_arms.png" in markdown, "a tap opens the figure full size"
     kept = notebook.cells[-1].outputs[0]["data"]
     assert base64.b64decode(kept["image/png"]) == INLINE, "an image that is no figure file must stay embedded"
     for link in referenced_figures(notebook):
