@@ -38,7 +38,7 @@ from markdown_it import MarkdownIt
 from myst_nb import glue
 
 from abi.paths import REPO_ROOT
-from abi.reports.summary import at_a_glance, findings, glue_name, summary_table, verdict_counts
+from abi.reports.summary import at_a_glance, findings, glue_name, scale_comparison, summary_table, verdict_counts
 
 out_dir = Path(results_dir) if results_dir else REPO_ROOT / "results"
 table = summary_table(out_dir)
@@ -62,3 +62,13 @@ for claim, group in table.groupby("claim", sort=False):
     first = group.iloc[0]
     reasons = " ".join(dict.fromkeys(why[0].upper() + why[1:] + "." for why in group["why"]))
     display(Markdown(f"**{claim}: {first['claim verdict']}.** {reasons}"))
+
+# %% [markdown]
+# ## The release's scale beside this run's
+#
+# Every parameter in which this book's result files differ from the `paper` profile, which names the
+# release's models and sizes (each claim's module under `abi/experiments/`). **No result in this book comes
+# from the `paper` profile**: it needs a GPU and the model hub, and has not been run.
+
+# %%
+scale_comparison(out_dir).style.hide(axis="index")

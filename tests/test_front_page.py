@@ -10,7 +10,7 @@ import yaml
 
 from abi.book_edition import edition, edition_config
 from abi.paths import REPO_ROOT
-from abi.reports.summary import at_a_glance, findings, summary_table
+from abi.reports.summary import at_a_glance, findings, scale_comparison, summary_table
 
 RESULTS = REPO_ROOT / "results"
 
@@ -49,3 +49,12 @@ def test_the_edition_config_adds_substitutions_and_leaves_the_committed_config_a
     assert "substitution" in config["parse"]["myst_enable_extensions"]
     assert (tmp_path / "_config.yml").read_text() == before
     assert path.is_relative_to(tmp_path / "_build")
+
+
+def test_the_scale_table_lists_every_parameter_that_differs_from_the_paper_profile() -> None:
+    table = scale_comparison(RESULTS)
+    assert (table["paper profile"] != table["this run"]).all()
+    core = table[table["claim"] == "1. core nib"].set_index("parameter")
+    assert core.loc["backbone", "paper profile"] == "t5-large"
+    assert core.loc["calibration_steps", "this run"] == "300"
+    assert "candidate_seeds" not in core.index, "a parameter the run shares with the paper profile is not listed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -124,6 +125,41 @@ def findings(table: pd.DataFrame, results_dir: Path) -> str:
                 "correction site): to be re-run."
             )
     return "\n".join(lines)
+
+
+def _compact(value: object) -> str:
+    """A parameter value as a table cell: lists joined, nested values as short JSON."""
+    if isinstance(value, list):
+        return ", ".join(_compact(item) for item in value) if value else "(none)"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True) if value else "(none)"
+    return str(value)
+
+
+def scale_comparison(results_dir: Path) -> pd.DataFrame:
+    """Every parameter whose value in a result file differs from the claim's ``paper`` profile (the
+    release's models and sizes): claim, parameter, the paper profile's value, this run's value."""
+    from abi.profiles import claim_profiles
+
+    rows = []
+    for name in notebook_names():
+        claim = claim_of(name)
+        path = Path(results_dir) / f"{claim}.json"
+        if _stats_module(claim) is None or not path.is_file():
+            continue
+        ran, paper = load_result(path)["parameters"], claim_profiles(claim)["paper"]
+        label = f"{int(name[:2])}. {claim.replace('_', ' ')}"
+        for parameter, value in paper.items():
+            if parameter in ran and ran[parameter] != value:
+                rows.append(
+                    {
+                        "claim": label,
+                        "parameter": parameter,
+                        "paper profile": _compact(value),
+                        "this run": _compact(ran[parameter]),
+                    }
+                )
+    return pd.DataFrame(rows, columns=["claim", "parameter", "paper profile", "this run"])
 
 
 def glue_name(verdict: str) -> str:
