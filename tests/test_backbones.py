@@ -302,3 +302,13 @@ def test_gemma3_head_reproduces_its_logits():
     assert backbone.n_layers == 18 and backbone.d_model == 640 and backbone.vocab_size == 262144
     ids = torch.tensor([backbone.tokenizer.encode("import numpy as np\n", add_special_tokens=False)])
     _head_matches_model(backbone, ids)
+
+
+@pytest.mark.slow
+def test_qwen_coder_joined_from_its_chunks_reproduces_its_logits():
+    backbone = load_backbone("qwen2.5-coder-0.5b")
+    assert backbone.n_layers == 24 and backbone.d_model == 896 and backbone.vocab_size == 151936
+    assert not backbone.model.config.tie_word_embeddings, "Qwen2.5-Coder-0.5B has its own LM head"
+    assert backbone.identity["gguf_sha256"] == REGISTRY["qwen2.5-coder-0.5b"].gguf_sha256
+    ids = torch.tensor([backbone.tokenizer.encode("def add(a, b):\n    return a + b\n", add_special_tokens=False)])
+    _head_matches_model(backbone, ids)

