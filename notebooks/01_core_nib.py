@@ -76,7 +76,7 @@ from IPython.display import Image, Markdown, display
 from myst_nb import glue
 
 from abi.experiments import core_nib_stats
-from abi.plotting.core_nib import plot_calibration_curve, plot_dose_response, plot_nib_arms, plot_regimes
+from abi.plotting.core_nib import plot_calibration_curve, plot_dose_response, plot_nib_arms, plot_regimes, setting_label
 from abi.reports.core_nib import arm_table, dose_table, official_table, regime_table, verdict_sentence
 from abi.results import load_result, write_result
 
@@ -139,7 +139,7 @@ display(Image(filename=str(figures / "core_nib_calibration.png")))
 
 # %%
 for setting in result["settings"]:
-    display(Markdown(f"**{setting}**"))
+    display(Markdown(f"**{setting_label(result, setting)}**"))
     display(official_table(result, setting))
 
 
@@ -156,7 +156,7 @@ for setting in result["settings"]:
 plot_nib_arms(result, figures / "core_nib_arms.png")
 display(Image(filename=str(figures / "core_nib_arms.png")))
 for setting in result["settings"]:
-    display(Markdown(f"**{setting}**"))
+    display(Markdown(f"**{setting_label(result, setting)}**"))
     display(arm_table(result, setting))
 
 

@@ -94,7 +94,7 @@ def test_summaries_follow_from_raw_values(smoke_result: tuple[dict, Path]) -> No
 def test_tables_and_figures_render(smoke_result: tuple[dict, Path], tmp_path: Path) -> None:
     result = load_result(smoke_result[1])
     published = efficacy_table(result).loc["published T5-large"].iloc[0]
-    assert published["efficacy % [95% CI]"] == "304.3" and published["denominator (ppl) [95% CI]"] == "3.160"
+    assert published["efficacy % (95% CI)"] == "304.3" and published["denominator (ppl) (95% CI)"] == "3.160"
     assert perplexity_table(result, "tiny-t5").index[0] == "raw B"
     assert list(update_table(result, "tiny-llama").index) == ["plain", "protected"]
     assert "tiny-llama" in verdict_sentence(result) and "304.3 % on T5-large" in verdict_sentence(result)

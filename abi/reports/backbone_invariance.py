@@ -28,7 +28,7 @@ def perplexity_table(result: dict[str, Any], name: str) -> pd.DataFrame:
     rows = [
         {
             "condition": condition_label(condition),
-            "perplexity [95% CI]": interval(perplexity, digits=2),
+            "perplexity (95% CI)": interval(perplexity, digits=2),
             "published (T5-large)": reference.get(condition, ""),
         }
         for condition, perplexity in result["summary"][name]["ppl"].items()
@@ -47,8 +47,8 @@ def efficacy_table(result: dict[str, Any]) -> pd.DataFrame:
                         "backbone": name,
                         "update": update,
                         "oracle": "fresh module on B' (ours)" if oracle == "ours" else "fresh module on B (original's)",
-                        "efficacy % [95% CI]": interval(efficacy, digits=1, scale=100),
-                        "denominator (ppl) [95% CI]": interval(efficacy["denominator"], digits=3),
+                        "efficacy % (95% CI)": interval(efficacy, digits=1, scale=100),
+                        "denominator (ppl) (95% CI)": interval(efficacy["denominator"], digits=3),
                         "ill-conditioned": efficacy["ill_conditioned"],
                         "verdict": efficacy["verdict"],
                         "release's rule (point >= 50%)": "PASS" if efficacy["point_pass"] else "FAIL",
@@ -58,8 +58,8 @@ def efficacy_table(result: dict[str, Any]) -> pd.DataFrame:
         {
             "backbone": "published T5-large",
             "oracle": "fresh module on B (original's)",
-            "efficacy % [95% CI]": f"{100 * _T5_LARGE['efficacy']:.1f}",
-            "denominator (ppl) [95% CI]": f"{_T5_LARGE_DENOMINATOR:.3f}",
+            "efficacy % (95% CI)": f"{100 * _T5_LARGE['efficacy']:.1f}",
+            "denominator (ppl) (95% CI)": f"{_T5_LARGE_DENOMINATOR:.3f}",
             "verdict": "PASS",
         }
     )
@@ -67,7 +67,7 @@ def efficacy_table(result: dict[str, Any]) -> pd.DataFrame:
         {
             "backbone": "published GPT-2-medium",
             "oracle": "fresh module on B (original's)",
-            "efficacy % [95% CI]": f"{100 * _GPT2_MEDIUM['efficacy']:.1f}",
+            "efficacy % (95% CI)": f"{100 * _GPT2_MEDIUM['efficacy']:.1f}",
             "verdict": "PASS",
         }
     )
@@ -83,9 +83,9 @@ def update_table(result: dict[str, Any], name: str) -> pd.DataFrame:
         rows.append(
             {
                 "update": update,
-                "prose ppl, B [95% CI]": interval(summary["prose_ppl"]["B"], digits=2),
-                "prose ppl, B' [95% CI]": interval(summary["prose_ppl"][update], digits=2),
-                "negative flips, module % [95% CI]": interval(flips["module"], digits=1, scale=100),
+                "prose ppl, B (95% CI)": interval(summary["prose_ppl"]["B"], digits=2),
+                "prose ppl, B' (95% CI)": interval(summary["prose_ppl"][update], digits=2),
+                "negative flips, module % (95% CI)": interval(flips["module"], digits=1, scale=100),
                 "negative flips, bare backbone %": interval(flips["raw"], digits=1, scale=100),
                 "positive flips, module %": interval(gains["module"], digits=1, scale=100),
                 "top-5 overlap, B'+old module vs B+module": round(

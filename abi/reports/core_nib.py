@@ -10,7 +10,7 @@ import pandas as pd
 
 from abi.experiments.core_nib_stats import setting_view
 from abi.nib import CORE_METRICS
-from abi.plotting.core_nib import setting_label
+from abi.plotting.core_nib import ARM_LABELS, setting_label
 from abi.reports.formatting import METRIC_LABELS, compact_number, count_of, interval
 
 CLAIM_LABEL = "1. core NIB"
@@ -55,13 +55,21 @@ def official_table(result: dict[str, Any], setting: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run").round(4)
 
 
+def arm_label(name: str) -> str:
+    """A comparison's name as readers read it: ``random_calibrated/2`` -> ``random module + calibration
+    (floor), seed 2`` (the figure's wording, on one line)."""
+    group, _, seed = name.partition("/")
+    label = ARM_LABELS.get(group, group.replace("_", " ")).replace("\n", " ")
+    return f"{label}, seed {seed}" if seed else label
+
+
 def arm_table(result: dict[str, Any], setting: str) -> pd.DataFrame:
-    """Held-out NIB and perplexity of every arm in one setting: estimate [95% CI] per metric, and the
+    """Held-out NIB and perplexity of every arm in one setting: estimate (95% CI) per metric, and the
     top-5 / top-1 on the effect positions (where the anchor's top-1 differs from the bare backbone's)."""
     view = setting_view(result, setting)
     rows = []
     for name, comparison in view["comparisons"].items():
-        row = {"arm": name}
+        row = {"arm": arm_label(name)}
         for metric in CORE_METRICS:
             row[METRIC_LABELS[metric]] = interval(comparison["ci"][metric])
         row["perplexity"] = round(comparison["summary"]["ppl"], 3)

@@ -16,23 +16,24 @@ def is_defined(value: Any) -> bool:
 
 
 def formatted_interval(stats: Mapping[str, Any], number: Callable[[float], str]) -> str:
-    """``estimate [low, high]`` of an interval record, each written by ``number``; the estimate alone
-    when the interval is undefined (a single seed), ``undefined`` when the estimate is."""
+    """``estimate (low to high)`` of an interval record, each written by ``number`` (the book's one interval
+    format: "to", not a hyphen that reads as a minus); the estimate alone when the interval is undefined
+    (a single seed), ``undefined`` when the estimate is."""
     estimate, low, high = stats["estimate"], stats.get("low"), stats.get("high")
     if not is_defined(estimate):
         return "undefined"
     if not (is_defined(low) and is_defined(high)):
         return number(estimate)
-    return f"{number(estimate)} [{number(low)}, {number(high)}]"
+    return f"{number(estimate)} ({number(low)} to {number(high)})"
 
 
 def interval(stats: Mapping[str, Any], digits: int = 4, scale: float = 1.0) -> str:
-    """An interval with ``digits`` decimals after multiplying by ``scale``: ``0.9785 [0.9772, 0.9798]``."""
+    """An interval with ``digits`` decimals after multiplying by ``scale``: ``0.9785 (0.9772 to 0.9798)``."""
     return formatted_interval(stats, lambda value: f"{value * scale:.{digits}f}")
 
 
 def percent_interval(stats: Mapping[str, Any]) -> str:
-    """An interval of fractions as percentages with one decimal: ``12.7% [3.1%, 22.4%]``."""
+    """An interval of fractions as percentages with one decimal: ``12.7% (3.1% to 22.4%)``."""
     return formatted_interval(stats, lambda value: f"{value:.1%}")
 
 

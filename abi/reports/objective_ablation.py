@@ -249,7 +249,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "figure": "KL: lower training loss than corrMSE (relative)",
                 "published": f"{published['kl_training_loss_reduction']:.1%}",
-                "ours": f"{loss['estimate']:.1%} [{loss['low']:.1%}, {loss['high']:.1%}] (different units)",
+                "ours": f"{percent_interval(loss)} (different units)",
             },
             {
                 "figure": "KL: top-5 lower than corrMSE by",
@@ -262,7 +262,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "figure": "logit-MSE: held-out top-5",
             "published": f"about {published['logit_mse_top5']}",
-            "ours": f"{logit['estimate']:.4f} [{logit['low']:.4f}, {logit['high']:.4f}]",
+            "ours": interval(logit),
         },
         {
             "figure": "corrMSE is the best objective",
