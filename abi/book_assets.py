@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,6 +89,28 @@ def chapter_pages(book_root: Path) -> list[str]:
     for part in toc.get("parts", [toc]):
         files += [entry["file"] for entry in part.get("chapters", [])]
     return [f"{Path(name).with_suffix('')}.html" for name in files]
+
+
+def jupyter_book_build(book_root: Path, config: Path, builder: str = "html") -> list[str]:
+    """The jupyter-book command that builds the book with ``builder`` from ``config``, into ``_build/``.
+
+    ``--all`` writes every page and static file afresh (seconds): an incremental build with no changed page
+    skips copying static files, so an edited stylesheet would never reach the pages.
+    """
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    root = str(book_root)
+    return [
+        str(jupyter_book),
+        "build",
+        root,
+        "--path-output",
+        root,
+        "--all",
+        "--builder",
+        builder,
+        "--config",
+        str(config),
+    ]
 
 
 def chromium_command(user_data_dir: Path, *args: str) -> list[str]:

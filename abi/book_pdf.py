@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from abi.book_assets import CHROMIUM, chromium_command
+from abi.book_assets import CHROMIUM, chromium_command, jupyter_book_build
 
 PDF_NAME = "abi-reproduced.pdf"
 PDF_DIR = Path("_build") / "pdf"
@@ -30,9 +29,7 @@ def pdf_path(book_root: Path) -> Path:
 
 def build_single_page(book_root: Path, config: Path) -> Path:
     """jupyter-book's ``singlehtml`` build of the book (every chapter on one page); returns the page."""
-    jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jupyter_book), "build", str(book_root), "--path-output", str(book_root), "--all"]
-    subprocess.run([*command, "--builder", "singlehtml", "--config", str(config)], check=True, capture_output=True)
+    subprocess.run(jupyter_book_build(book_root, config, "singlehtml"), check=True, capture_output=True)
     site = Path(book_root) / "_build" / "singlehtml"
     page = site / _root_page(book_root)
     # The page sits in the root document's folder (book/), but links its styles, scripts and images

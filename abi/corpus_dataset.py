@@ -238,9 +238,9 @@ def export(
     out: Path, domain: str = "python", split_level: str = "file", dialect_words: int = 0, dialect_seed: int = 0
 ) -> Path:
     """Save the domain's DatasetDict and its identity (``abi_identity.json``) to ``out``, a new or empty folder."""
+    check_domain(domain, dialect_words)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; pass a new --out folder.")
-    check_domain(domain, dialect_words)
     corpus, split = domain_split(split_level, domain, dialect_words, dialect_seed)
     saved_split_dataset(domain, corpus, split).save_to_disk(str(out), num_shards=ONE_SHARD)
     atomic_write_json(out / _IDENTITY, dataset_identity(domain, corpus, split))
@@ -265,9 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--dialect-seed", type=int, default=claim_1["dialect_seed"], help="python-dialect only: seed (%(default)s)"
     )
     args = parser.parse_args(argv)
-    if args.domain not in DOMAINS:
-        parser.error(f"unknown domain {args.domain!r}; valid domains: {', '.join(DOMAINS)}.")
-    try:
+    try:  # export() refuses an unknown domain (check_domain) or a used folder before any work
         out = export(args.out, args.domain, args.split_level, args.dialect_words, args.dialect_seed)
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))

@@ -245,14 +245,9 @@ def build_book(layout: BuildLayout) -> Path:
     if not layout.is_committed_tree:
         _copy_book_sources(layout)
     book_assets.install_mathjax(layout.book_root)
-    jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    # --all: every page and static file written afresh (seconds); an incremental build with no changed page
-    # skips copying static files, so an edited stylesheet would never reach the pages.
     config = edition_config(layout.book_root, edition(layout.profile, layout.is_committed_tree))
-    command = [str(jupyter_book), "build", str(layout.book_root), "--path-output", str(layout.book_root), "--all"]
-    command += ["--config", str(config)]
     print(f"pdf: {build_pdf(layout.book_root, config)}", flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(book_assets.jupyter_book_build(layout.book_root, config), check=True)
     book_assets.screenshot_front_page(layout.book_root)
     return layout.book_root / "_build" / "html" / "index.html"
 

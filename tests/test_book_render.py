@@ -147,14 +147,14 @@ def browser(playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
         context.close()
 
 
-def _figure_outputs(notebook: Path) -> int:
-    """Images among an executed notebook's cell outputs, embedded or linked figure files (each must
-    appear on its page)."""
+def _figure_outputs(notebook: Path) -> tuple[int, int]:
+    """Images among an executed notebook's cell outputs (each must appear on its page): embedded ones,
+    and linked figure files (each must appear with its caption)."""
     executed = nbformat.read(notebook, as_version=4)
     embedded = sum(
         "image/png" in output.get("data", {}) for cell in executed.cells for output in cell.get("outputs", [])
     )
-    return embedded + len(referenced_figures(executed))
+    return embedded, len(referenced_figures(executed))
 
 
 def _local_file(url: str, site: str, html: Path) -> Path | None:
@@ -212,13 +212,13 @@ def test_page_renders_offline(page_path: str, width: str, built_book: Path, site
             f"{page_path}: image {name} has no description as alt text ({image['alt']!r})"
         )
     if "executed/" in page_path:
-        figures = _figure_outputs(built_book / page_path.replace(".html", ".ipynb"))
+        embedded, linked = _figure_outputs(built_book / page_path.replace(".html", ".ipynb"))
+        figures = embedded + linked
         shown = len(facts["images"])
         assert shown >= figures, f"{page_path}: {figures} figure outputs, {shown} images shown"
         if not is_report(Path(page_path).stem):
             assert figures > 0, f"{page_path}: a claim chapter without its figures"
         uncaptioned = [image["src"] for image in facts["images"] if not image["caption"]]
-        linked = len(referenced_figures(nbformat.read(built_book / page_path.replace(".html", ".ipynb"), 4)))
         assert len(facts["images"]) - len(uncaptioned) >= linked, f"{page_path}: figures without caption"
 
 

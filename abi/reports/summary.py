@@ -31,11 +31,21 @@ def _stats_module(claim: str) -> ModuleType | None:
     return stats_module(claim) if claim in claim_names() else None
 
 
+def _claim_label(notebook: str) -> str:
+    """``02_cross_architecture`` -> ``2. cross architecture``: a claim's name where its result gives none."""
+    return f"{int(notebook[:2])}. {claim_of(notebook).replace('_', ' ')}"
+
+
+def _claim_verdicts(table: pd.DataFrame) -> pd.Series:
+    """Each claim's verdict (one per claim, claims in table order)."""
+    return table.groupby("claim", sort=False)["claim verdict"].first()
+
+
 def _rows_of(notebook: str, stats: ModuleType, results_dir: Path) -> list[dict]:
     claim = claim_of(notebook)
     path = results_dir / f"{claim}.json"
     if not path.is_file():
-        label = f"{int(notebook[:2])}. {claim.replace('_', ' ')}"
+        label = _claim_label(notebook)
         return [
             {
                 "claim": label,
@@ -68,14 +78,14 @@ def summary_table(results_dir: Path) -> pd.DataFrame:
 
 def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
     """How many claims got each verdict (one verdict per claim), verdicts in the order the claims first give them."""
-    per_claim = table.groupby("claim", sort=False)["claim verdict"].first()
+    per_claim = _claim_verdicts(table)
     return {verdict: int((per_claim == verdict).sum()) for verdict in dict.fromkeys(per_claim)}
 
 
 def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
     """One row per claim with its verdict: the front page's table (glued as ``summary_at_a_glance``), read from
     the same rows as the summary's (whose "why, claim by claim" gives the reasons)."""
-    return table.groupby("claim", sort=False)["claim verdict"].first().reset_index(name="verdict")
+    return _claim_verdicts(table).reset_index(name="verdict")
 
 
 _BARE_VERB = {"PASS": "passes", "FAIL": "fails"}
@@ -148,7 +158,7 @@ def scale_comparison(results_dir: Path) -> pd.DataFrame:
         if _stats_module(claim) is None or not path.is_file():
             continue
         ran, paper = load_result(path)["parameters"], claim_profiles(claim)["paper"]
-        label = f"{int(name[:2])}. {claim.replace('_', ' ')}"
+        label = _claim_label(name)
         for parameter, value in paper.items():
             if parameter in ran and ran[parameter] != value:
                 rows.append(
