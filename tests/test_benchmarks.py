@@ -106,3 +106,23 @@ def test_write_section_keeps_other_sections_and_refuses_a_corrupted_file(tmp_pat
     with pytest.raises(SystemExit, match="corrupted"):
         write_section("cpu", "scaling", {}, path)
     assert path.read_text() == "{truncated"
+
+
+def test_the_appendix_table_shows_a_dash_where_a_value_is_missing() -> None:
+    from abi.reports.cost_and_scaling import end_to_end_table
+
+    runs = [
+        {"notebook": "90_summary", "profile": "cpu", "wall_s": 6.0, "target_s": None, "meets_target": None},
+        {
+            "notebook": "01_core_nib",
+            "profile": "cpu",
+            "wall_s": 600.0,
+            "peak_rss_mib": 4000.0,
+            "target_s": 1800,
+            "meets_target": True,
+        },
+    ]
+    table = end_to_end_table({"sections": {"end_to_end": {"runs": runs}}})
+    assert table.loc[0, "peak memory (MiB)"] == "-" and table.loc[0, "target (min)"] == "-"
+    assert table.loc[0, "meets target"] == "-" and table.loc[1, "meets target"] == "yes"
+    assert not table.isna().any().any()

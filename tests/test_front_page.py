@@ -10,7 +10,7 @@ import yaml
 
 from abi.book_edition import edition, edition_config
 from abi.paths import REPO_ROOT
-from abi.reports.summary import at_a_glance, findings, scale_comparison, summary_table
+from abi.reports.summary import at_a_glance, findings, gated_setting_finding, scale_comparison, summary_table
 
 RESULTS = REPO_ROOT / "results"
 
@@ -24,6 +24,16 @@ def test_findings_state_every_claims_verdict_and_claim_1s_gates(tmp_path: Path) 
         assert f"**{claim}: {verdict}" in text
     assert "the module lowers held-out perplexity by" in text, "claim 1's gate numbers are stated"
     assert "before regime gates existed" in text, "claims 2-4's results predate the gates, and it says so"
+
+
+def test_a_gated_claim_without_its_own_sentence_gets_the_generic_one() -> None:
+    result = {
+        "regime_gates": {"python": {"module_ppl_reduction": 0.02, "bare_backbone_nib": "PASS", "testable": False}},
+        "row_verdicts": {"python": {"kl_lower_top5": "not testable in this regime"}},
+    }
+    text = gated_setting_finding(result, "python")
+    assert text.startswith("*python*: kl lower top5: **not testable in this regime**")
+    assert "lowers held-out perplexity by 2%" in text and "the bare backbone passes the NIB" in text
 
 
 def test_a_claim_without_a_result_is_said_to_be_unrun(tmp_path: Path) -> None:

@@ -180,3 +180,23 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+_BARE_VERB = {"PASS": "passes", "FAIL": "fails"}
+
+
+def setting_finding(result: dict[str, Any], setting: str) -> str:
+    """One setting in a sentence for the front page: its verdict, the gate's numbers, agreement, floor, ceiling."""
+    view = setting_view(result, setting)
+    gate, top5 = view["gate"], view["groups"]["candidate"]["top5"]
+    floor = view["groups"]["random_calibrated"]["top5"]["estimate"]
+    ceiling = view["comparisons"]["ceiling"]["summary"]["top5"]
+    seeds = len(result["settings"][setting].get("candidate_seeds", []))
+    spread = "one seed" if seeds == 1 else f"{top5['low']:.3f} to {top5['high']:.3f}, {seeds} seeds"
+    return (
+        f"*{setting_label(result, setting)}*: **{view['row_verdict']}** (the module lowers held-out perplexity "
+        f"by {gate['module_ppl_reduction']:.0%}; the bare backbone {_BARE_VERB[gate['bare_backbone_nib']]} the NIB "
+        f"against it; candidates' held-out top-5 with the anchor {top5['estimate']:.3f} ({spread}) against the "
+        f"threshold 0.86; an untrained module through the same calibration {floor:.3f}; seed ceiling "
+        f"{ceiling:.3f})"
+    )

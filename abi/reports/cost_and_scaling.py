@@ -103,11 +103,20 @@ def end_to_end_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
                 "wall (min)": round(wall / 60, 1) if wall is not None else None,
                 "peak memory (MiB)": run.get("peak_rss_mib"),
                 "target (min)": round(run["target_s"] / 60) if run.get("target_s") else None,
-                "meets target": run.get("meets_target"),
+                "meets target": _yes_no(run.get("meets_target")),
                 "source": run.get("source", "") + ("" if run.get("current", True) else " (stale)"),
             }
         )
-    return pd.DataFrame(rows)
+    return _dashes(pd.DataFrame(rows))
+
+
+def _yes_no(flag: bool | None) -> str | None:
+    return None if flag is None else ("yes" if flag else "no")
+
+
+def _dashes(table: pd.DataFrame) -> pd.DataFrame:
+    """Missing cells (no target, memory not measured) as a dash, not ``NaN``/``None``."""
+    return table.astype(object).where(table.notna(), "-")
 
 
 def glue_values(benchmarks: dict[str, Any]) -> dict[str, Any]:

@@ -91,29 +91,33 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
 _BARE_VERB = {"PASS": "passes", "FAIL": "fails"}
 
 
-def _setting_finding(result: dict, setting: str) -> str:
-    """One setting of a gated claim in a sentence: its verdict, the gate's numbers, agreement, floor, ceiling."""
-    from abi.experiments.core_nib_stats import setting_view
-    from abi.plotting.core_nib import setting_label
+def _row_text(row_verdict: object) -> str:
+    """A setting's row verdict, or its sub-claims' verdicts (``{"sub-claim": verdict}``) in one phrase."""
+    if isinstance(row_verdict, dict):
+        return "; ".join(f"{name.replace('_', ' ')}: **{verdict}**" for name, verdict in row_verdict.items())
+    return f"**{row_verdict}**"
 
-    view = setting_view(result, setting)
-    gate, top5 = view["gate"], view["groups"]["candidate"]["top5"]
-    floor = view["groups"]["random_calibrated"]["top5"]["estimate"]
-    ceiling = view["comparisons"]["ceiling"]["summary"]["top5"]
-    seeds = len(result["settings"][setting].get("candidate_seeds", []))
-    spread = "one seed" if seeds == 1 else f"{top5['low']:.3f} to {top5['high']:.3f}, {seeds} seeds"
+
+def gated_setting_finding(result: dict, setting: str) -> str:
+    """One setting of any gated claim in a sentence: its row verdict(s) and its regime gate's numbers."""
+    gate = result["regime_gates"][setting]
     return (
-        f"*{setting_label(result, setting)}*: **{view['row_verdict']}** (the module lowers held-out perplexity "
-        f"by {gate['module_ppl_reduction']:.0%}; the bare backbone {_BARE_VERB[gate['bare_backbone_nib']]} the NIB "
-        f"against it; candidates' held-out top-5 with the anchor {top5['estimate']:.3f} ({spread}) against the "
-        f"threshold 0.86; an untrained module through the same calibration {floor:.3f}; seed ceiling "
-        f"{ceiling:.3f})"
+        f"*{setting}*: {_row_text(result.get('row_verdicts', {}).get(setting, '-'))} (the reference module lowers "
+        f"held-out perplexity by {gate['module_ppl_reduction']:.0%}; the bare backbone "
+        f"{_BARE_VERB[gate['bare_backbone_nib']]} the NIB against it)"
     )
+
+
+def _setting_finding(claim: str, result: dict, setting: str) -> str:
+    """The claim's own sentence for a setting where its report defines one (``setting_finding``), else the
+    generic one."""
+    report = importlib.import_module(f"abi.reports.{claim}")
+    return getattr(report, "setting_finding", gated_setting_finding)(result, setting)
 
 
 def findings(table: pd.DataFrame, results_dir: Path) -> str:
     """The front page's findings, in Markdown, from the result files: each claim's verdict and, for a claim
-    whose result stores regime gates (claim 1), each setting's numbers. A result written before the gates
+    whose result stores regime gates, each setting's numbers. A result written before the gates
     existed is said to be so."""
     lines = []
     for name in notebook_names():
@@ -127,7 +131,7 @@ def findings(table: pd.DataFrame, results_dir: Path) -> str:
         if result is None:
             lines.append(f"- **{label}: {verdict}** (its notebook has not been run).")
         elif "regime_gates" in result:
-            settings = "; ".join(_setting_finding(result, setting) for setting in result["regime_gates"])
+            settings = "; ".join(_setting_finding(claim, result, setting) for setting in result["regime_gates"])
             lines.append(f"- **{label}: {verdict}.** {settings}.")
         else:
             lines.append(
