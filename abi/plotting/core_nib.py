@@ -59,13 +59,14 @@ def plot_regimes(result: dict[str, Any], path: Path) -> Path:
         color="#D55E00",
         capsize=3,
     )
-    axes[1].set_yticks(y, labels)
+    axes[1].set_yticks(y, [""] * len(settings))  # the left panel names the settings; same rows
     axes[1].axvline(THRESHOLDS["top5"], color="k", ls="--", lw=1, label="NIB top-5 threshold")
     axes[1].set(xlabel="bare backbone's top-5 overlap with the anchor", title="does the bare backbone fail?")
     for ax in axes:
         ax.legend(fontsize=8, loc="lower right")
         ax.invert_yaxis()
     fig.suptitle("Regime gate per setting (blue: testable)")
+    fig.tight_layout()
     return save_figure(fig, path, result)
 
 
@@ -148,7 +149,7 @@ def plot_dose_response(result: dict[str, Any], path: Path) -> Path:
     (mean over seeds, 95% seed interval), the uncalibrated candidate as a line."""
     sns.set_theme(style="whitegrid", context="notebook")
     settings = [s for s in result["settings"] if result["setting_stats"][s]["dose_response"]]
-    fig, axes = plt.subplots(1, max(len(settings), 1), figsize=(6.5 * max(len(settings), 1), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, max(len(settings), 1), figsize=(7.5 * max(len(settings), 1), 5.4), squeeze=False)
     if not settings:
         axes[0, 0].text(
             0.5, 0.5, "no setting of this run has a dose-response (dose_settings is empty)", ha="center", va="center"
@@ -188,7 +189,7 @@ def plot_dose_response(result: dict[str, Any], path: Path) -> Path:
             ylabel="held-out top-5 overlap with the anchor",
             title=setting_label(result, setting),
         )
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.suptitle("Calibration-data dose-response (mean over seeds, 95% seed interval)")
     fig.tight_layout()
     return save_figure(fig, path, result)
