@@ -254,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     export_parser.add_argument("--domain", default="python", help=f"one of: {', '.join(DOMAINS)}")
     export_parser.add_argument("--out", type=Path, required=True, help="a new or empty folder")
     export_parser.add_argument("--split-level", default="file", choices=["file", "package"])
-    claim_1 = resolve_parameters("core_nib", "cpu")  # the dialect claim 1 tests, unless told otherwise
+    from abi.experiments import core_nib  # registers claim 1's profiles
+
+    claim_1 = resolve_parameters(core_nib.CLAIM, "cpu")  # the dialect claim 1 tests, unless told otherwise
     export_parser.add_argument(
         "--dialect-words",
         type=int,

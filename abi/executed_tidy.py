@@ -25,8 +25,8 @@ from typing import Any
 import nbformat
 
 from abi.cache_integrity import atomic_write_text
+from abi.claims import declared_figures
 from abi.executed_figures import externalize, figure_digests
-from abi.plotting import declared_figures
 
 PARAMETER_TAGS = ("parameters", "injected-parameters")
 # The claim notebooks' first code cell after the parameters: it checks them and shows the resolved table.

@@ -203,7 +203,9 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
         tidy_file(partial, layout.results_dir / "figures", layout.figures_link_dir, layout.machine_roots)
         os.replace(partial, target)
         # A report's inputs include the results it read; claims before it may have just rewritten them.
-        wanted = inputs_hash(source, layout.profile, layout.results_dir)
+        # A claim keeps the hash taken before it ran: code edited during the run leaves its stamp stale.
+        if is_report(name):
+            wanted = inputs_hash(source, layout.profile, layout.results_dir)
         record = {"inputs": wanted, "profile": layout.profile, "wall_s": wall}
         stamp_path(layout, name).write_text(json.dumps(record, indent=1) + "\n")
         print(f"[{number}/{len(names)}] {name}: done in {wall / 60:.1f} min", flush=True)

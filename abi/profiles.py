@@ -36,13 +36,13 @@ def register_profiles(claim: str, profiles: Mapping[str, Mapping[str, Any]]) -> 
 
 
 def claim_profiles(claim: str) -> dict[str, Mapping[str, Any]]:
-    """The registered profiles of one claim (importing every claim module registers them all)."""
+    """The registered profiles of one claim (importing a claim's module registers them; profiles never import
+    claims, so a claim's notebook depends on its own claim's code only)."""
     if claim not in _PROFILES:
-        from abi.experiments import claim_modules
-
-        claim_modules()  # each claim module registers its profiles on import
-    if claim not in _PROFILES:
-        raise ParameterError(f"unknown claim {claim!r}; known: {', '.join(sorted(_PROFILES))}.")
+        raise ParameterError(
+            f"unknown claim {claim!r}, or its module is not imported yet (import abi.experiments.{claim}, or "
+            f"abi.claims.claim_modules() for every claim); registered: {', '.join(sorted(_PROFILES)) or 'none'}."
+        )
     return _PROFILES[claim]
 
 

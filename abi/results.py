@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
 import numpy as np
@@ -48,25 +49,37 @@ class ResultFileError(ValueError):
 Deriver = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def claim_deriver(claim: str, source: str = "<result>") -> Deriver:
-    """The function that computes a claim's derived sections from its comparisons: ``derive`` in
-    ``abi.experiments.<claim>_stats``. The notebook's writer and the verifier both call it, so the
-    two can never disagree; it is found by name, so checking a result loads no experiment code."""
-    from abi.experiments import claim_names, stats_module
+def _stats_of(claim: str, source: str) -> ModuleType:
+    """The claim's statistics module, which importing the claim (or :mod:`abi.claims`) has loaded; looked up,
+    never imported here, so a claim's notebook depends on its own claim's code only."""
+    from abi.experiments import claim_names, loaded_stats_module
 
     if claim not in claim_names():
         raise ResultFileError(f"{source}: unknown claim {claim!r}; known: {', '.join(claim_names())}.")
-    return stats_module(claim).derive
+    module = loaded_stats_module(claim)
+    if module is None:
+        raise ResultFileError(
+            f"{source}: the statistics of claim {claim!r} are not loaded; import abi.experiments.{claim} "
+            "(or abi.claims, for every claim) before reading its results."
+        )
+    return module
+
+
+def claim_deriver(claim: str, source: str = "<result>") -> Deriver:
+    """The function that computes a claim's derived sections from its comparisons: ``derive`` in
+    ``abi.experiments.<claim>_stats``. The notebook's writer and the verifier both call it, so the
+    two can never disagree; checking a result runs no experiment code."""
+    return _stats_of(claim, source).derive
 
 
 def claim_schema_version(claim: str) -> int:
     """The schema a claim's result files follow: its stats module's ``SCHEMA_VERSION``, else the common one
     (a claim whose result layout changed bumps its own version, so older files are refused by name)."""
-    from abi.experiments import claim_names, stats_module
+    from abi.experiments import claim_names
 
     if claim not in claim_names():
         return SCHEMA_VERSION
-    return getattr(stats_module(claim), "SCHEMA_VERSION", SCHEMA_VERSION)
+    return getattr(_stats_of(claim, "<result>"), "SCHEMA_VERSION", SCHEMA_VERSION)
 
 
 def provenance() -> dict[str, Any]:

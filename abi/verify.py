@@ -2,8 +2,8 @@
 
 Everything the book shows is checked, and every problem is reported (never a traceback):
 
-- every claim (each of ``abi.experiments.claim_names()``) has its result file, and so does the
-  cost appendix (``benchmarks.json``; ``benchmarks-gpu.json`` when present);
+- every claim (each of ``abi.experiments.claim_names()``, loaded by :mod:`abi.claims`) has its result file,
+  and so does the cost appendix (``benchmarks.json``; ``benchmarks-gpu.json`` when present);
 - each claim's result is re-derived from its stored raw per-window values (schema, every summary,
   interval, contrast and verdict; see :mod:`abi.results`); the fields that cannot be re-derived
   (parameters, published figures, anchor perplexities, provenance) are covered by the seal written
@@ -84,7 +84,8 @@ def _check_provenance(result: dict, source: str) -> None:
 
 def _check_published(result: dict, source: str) -> None:
     """The release's figures quoted in a result must be the ones its claim module holds."""
-    from abi.experiments import claim_names, stats_module
+    from abi.claims import stats_module
+    from abi.experiments import claim_names
 
     if result.get("claim") not in claim_names():
         return
@@ -236,7 +237,7 @@ def _figure_problems(path: Path, declared: dict[str, str], names: set[str], resu
 def _check_figures(results_dir: Path, results: dict[str, _Result]) -> list[Finding]:
     """Every declared figure of every present result, and every PNG in ``figures/``."""
     try:
-        from abi.plotting import declared_figures
+        from abi.claims import declared_figures
 
         declared = declared_figures()
     except Exception as error:
@@ -260,7 +261,8 @@ def verify_results(results_dir: Path) -> list[Finding]:
     """Check every expected and every present result and figure in ``results_dir``; all problems, no exceptions."""
     results_dir = Path(results_dir)
     try:
-        from abi.experiments import claim_names, stats_module
+        from abi.claims import stats_module
+        from abi.experiments import claim_names
 
         for claim in claim_names():
             stats_module(claim)

@@ -12,6 +12,9 @@ import torch  # noqa: E402
 
 from abi.backbones import Backbone, load_backbone, resolve_backbone  # noqa: E402
 from abi.backbones.loading import load_pretrained  # noqa: E402
+from abi.claims import claim_modules  # noqa: E402
+
+claim_modules()  # tests read any claim's results and profiles; a notebook imports only its own claim
 
 
 @pytest.fixture(scope="session")

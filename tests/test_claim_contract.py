@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from abi.experiments import CLAIM_MODULES
+from abi.claims import claim_modules
 from abi.paths import REPO_ROOT
 from abi.profiles import ParameterError, claim_profiles
 from abi.results import ResultFileError, load_result
 
+CLAIM_MODULES = claim_modules()
 CLAIMS = sorted(CLAIM_MODULES)
 STATS_FUNCTIONS = ("derive", "claim_verdict", "glue_values")
 

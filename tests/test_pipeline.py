@@ -89,6 +89,26 @@ def test_notebook_03_covers_the_core_nib_module_it_imports():
     assert REPO_ROOT / "abi" / "experiments" / "core_nib.py" in pipeline.notebook_dependencies("03_objective_ablation")
 
 
+def test_a_claims_run_depends_on_its_own_claim_only():
+    """Editing claim 3's code leaves claims 1, 2 and 4 current: no claim notebook reaches the claim registry."""
+    claims = [pipeline.claim_of(name) for name in pipeline.notebook_names() if not pipeline.is_report(name)]
+    uses = {"objective_ablation": {"core_nib"}}  # claim 3 calibrates claim 1's anchor and candidates
+    for name in pipeline.notebook_names():
+        own = pipeline.claim_of(name)
+        if pipeline.is_report(name):
+            continue
+        deps = _deps(name)
+        others = [c for c in claims if c != own and c not in uses.get(own, set())]
+        reached = sorted(rel for rel in deps for c in others if f"/{c}" in rel)
+        assert reached == [], f"{name} depends on other claims' code: {reached}"
+        assert "abi/claims.py" not in deps
+
+
+def test_the_summary_depends_on_every_claim():
+    deps = _deps("90_summary")
+    assert "abi/claims.py" in deps and "abi/experiments/backbone_invariance_stats.py" in deps
+
+
 def test_summary_covers_every_claim_report_it_imports():
     deps = pipeline.notebook_dependencies("90_summary")
     claims = [pipeline.claim_of(name) for name in pipeline.notebook_names()]

@@ -19,9 +19,10 @@ import pytest
 import abi.experiments
 import abi.results
 import abi.verify
+from abi.claims import claim_modules, declared_figures
 from abi.cli import main
 from abi.paths import REPO_ROOT
-from abi.plotting import NAME_STAMP, declared_figures, figure_stamps, save_figure
+from abi.plotting import NAME_STAMP, figure_stamps, save_figure
 from abi.results import SEAL_FIELD, content_hash
 from abi.verify import AUXILIARY, require_verified, verify_results
 
@@ -71,7 +72,7 @@ def test_committed_results_verify(results_dir: Path) -> None:
     findings = verify_results(results_dir)
     assert [f.message for f in findings if not f.ok] == []
     names = {f.path.name for f in findings}
-    assert {f"{claim}.json" for claim in abi.experiments.CLAIM_MODULES} <= names
+    assert {f"{claim}.json" for claim in claim_modules()} <= names
     assert {f"{stem}.png" for stem in declared_figures()} <= names
     require_verified(results_dir)
 
@@ -83,7 +84,7 @@ def test_declared_figures_are_the_ones_the_notebooks_show() -> None:
         source = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         shown |= set(re.findall(r'figures / "([^"]+)\.png"', source))
     assert shown == set(declared_figures())
-    owners = {*abi.experiments.CLAIM_MODULES, *AUXILIARY}
+    owners = {*claim_modules(), *AUXILIARY}
     assert all(any(stem.startswith(f"{owner}_") for owner in owners) for stem in declared_figures())
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from abi.backbones import Backbone
+from abi.backbones import DEFAULT_CORRECTION_SITE, Backbone
 from abi.backbones.limits import check_window_fits
 from abi.data import (
     Corpus,
@@ -225,3 +225,9 @@ def frozen_domain_module(
     )
     module.requires_grad_(False)
     return module, log.losses
+
+
+def parse_setting(name: str) -> tuple[str, str]:
+    """``"<domain>"`` or ``"<domain>@<correction site>"`` -> (domain, site); the site defaults to the release's."""
+    domain, _, site = name.partition("@")
+    return domain, site or DEFAULT_CORRECTION_SITE

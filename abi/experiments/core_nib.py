@@ -54,6 +54,7 @@ from abi.experiments.common import (
     domain_split,
     load_streams,
     make_windows,
+    parse_setting,
     spread_starts,
     training_windows,
     untrained_module,
@@ -168,12 +169,6 @@ register_profiles(
         },
     },
 )
-
-
-def parse_setting(name: str) -> tuple[str, str]:
-    """``"<domain>"`` or ``"<domain>@<correction site>"`` -> (domain, site); the site defaults to the release's."""
-    domain, _, site = name.partition("@")
-    return domain, site or DEFAULT_CORRECTION_SITE
 
 
 def validate(profile: str, **overrides: Any) -> dict[str, Any]:

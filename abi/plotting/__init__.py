@@ -11,9 +11,7 @@ stem (a figure copied or swapped under another name no longer matches its file).
 
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,32 +46,30 @@ def result_hash(result: dict[str, Any]) -> str:
     return content_hash(result)
 
 
-@functools.cache
-def _declared() -> dict[str, str]:
+def loaded_figures() -> dict[str, str]:
+    """The figures declared by the plotting modules imported so far, file stem -> what it shows (a figure is
+    saved by its own module, so it is always among them; :func:`abi.claims.declared_figures` imports them all)."""
     declared: dict[str, str] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    for name, module in sorted(sys.modules.items()):
+        if not name.startswith(f"{__name__}.") or module is None:
+            continue
         for stem, text in getattr(module, "FIGURES", {}).items():
             if stem in declared:
-                raise ValueError(f"figure {stem!r} is declared twice (again in {module.__name__}.FIGURES)")
+                raise ValueError(f"figure {stem!r} is declared twice (again in {name}.FIGURES)")
             declared[stem] = text
     return declared
-
-
-def declared_figures() -> dict[str, str]:
-    """Every figure the book uses, file stem -> what it shows: the union of each plotting module's ``FIGURES``."""
-    return dict(_declared())
 
 
 def save_figure(fig: plt.Figure, path: Path, result: dict[str, Any]) -> Path:
     """Save atomically, stamped with the result's hash and the figure's own name; an undeclared name is refused,
     so the verifier's list of expected figures is always the list of figures drawn."""
     path = Path(path)
-    if path.stem not in declared_figures():
+    declared = loaded_figures()
+    if path.stem not in declared:
         plt.close(fig)
         raise ValueError(
             f"{path.name}: not a declared figure; add {path.stem!r} to FIGURES of its abi.plotting "
-            f"module (declared: {', '.join(sorted(declared_figures()))})."
+            f"module (declared: {', '.join(sorted(declared))})."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -18,7 +18,8 @@ from types import ModuleType
 
 import pandas as pd
 
-from abi.experiments import claim_names, stats_module
+from abi.claims import claim_modules, stats_module
+from abi.experiments import claim_names
 from abi.pipeline import claim_of, notebook_names
 from abi.results import load_result
 
@@ -155,6 +156,7 @@ def scale_comparison(results_dir: Path) -> pd.DataFrame:
     release's models and sizes): claim, parameter, the paper profile's value, this run's value."""
     from abi.profiles import claim_profiles
 
+    claim_modules()  # each registers its profiles
     rows = []
     for name in notebook_names():
         claim = claim_of(name)
