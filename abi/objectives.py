@@ -5,17 +5,26 @@ corrections ``a`` on the same positions; ``f`` is the backbone's cached final hi
 ``H`` its frozen head (final norm + LM head), so the anchor's logits are ``H(f + a)`` and the
 candidate's ``H(f + c)``. Means run over positions (and the last dimension where stated).
 
-==========================  ================================================================  =====
-name                        loss                                                              head
-==========================  ================================================================  =====
-``corr_mse``                ``mean (c - a)^2``: the release's corrMSE                            no
-``kl_logits``               ``T^2 * mean_t KL(softmax(H(f+a)/T) || softmax(H(f+c)/T))``      yes
-``logit_mse``               ``mean (H(f+c) - H(f+a))^2`` over positions and vocabulary        yes
-``weighted_corr_mse``       ``mean_t w_t * mean_d (c - a)^2``, ``w_t ∝ |f_t + a_t|^power``    no
-``curriculum_corr_mse``     corrMSE with weights that favour small anchor corrections early   no
-``cosine_corr``             ``mean_t (1 - cos(c_t, a_t))``                                    no
-``final_hidden_mse``        ``mean ((f + c) - (f + a))^2`` (= corrMSE, see its docstring)     no
-==========================  ================================================================  =====
+===========================  ===============================================================  ====  ==============
+name                         loss                                                             head  source
+===========================  ===============================================================  ====  ==============
+``corr_mse``                 ``mean (c - a)^2``: the release's corrMSE                        no    release ledger
+``kl_raw``                   ``mean_t KL(softmax(H(f+a)/T) || softmax(H(f+c)/T))``, T = 2     yes   release ledger
+``weighted_corr_mse``        ``mean_t w_t mean_d (c - a)^2``, ``w_t = |a_t|^2 / mean|a|^2``   no    release ledger
+                             clipped at 10
+``curriculum``               corrMSE in phases 1-3 of the four-phase schedule, weighted       no    release ledger
+                             corrMSE (as above) in phase 4
+``logit_mse``                ``mean (H(f+c) - H(f+a))^2`` over positions and vocabulary       yes   unsourced
+``kl_logits``                ``T^2 * mean_t KL(...)`` (distillation scaling)                  yes   this project
+``norm_weighted_corr_mse``   ``mean_t w_t * mean_d (c - a)^2``, ``w_t ∝ |f_t + a_t|^power``   no    this project
+``curriculum_corr_mse``      corrMSE with weights that favour small anchor corrections early  no    this project
+``cosine_corr``              ``mean_t (1 - cos(c_t, a_t))``                                   no    this project
+``final_hidden_mse``         ``mean ((f + c) - (f + a))^2`` (= corrMSE, see its docstring)    no    this project
+===========================  ===============================================================  ====  ==============
+
+*Source* says where a definition comes from: ``release ledger`` (the release's experiment ledger defines
+it; see design/protocol.md, last section), ``this project`` (the FAQ names the idea, the definition is
+ours), ``unsourced`` (the FAQ quotes a figure for it, but no ledger entry defines or records it).
 
 Objectives without the head run on cached features only: the calibration never touches the
 backbone (``abi.experiments.objective_ablation`` passes ``backbone=None`` to them). Objectives
@@ -40,7 +49,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from abi.schedule import RELEASE_PHASE_STEPS
+
 _EPS = 1e-8
+SOURCES = ("release ledger", "this project", "unsourced")
+# The release ledger's weighted corrMSE caps a position's weight at this multiple of the mean.
+RELEASE_WEIGHT_CLIP = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,7 @@ class CalibrationObjective:
     params: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
     hyper: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
     equivalent_to: str | None = None
+    source: str = "this project"
 
     def __call__(self, candidate: Tensor, target: Tensor, **context: Any) -> Tensor:
         return self.fn(candidate, target, **self.hyper, **context)
@@ -76,6 +91,7 @@ class CalibrationObjective:
             "hyper": self.resolved_hyper(),
             "description": self.description,
             "equivalent_to": self.equivalent_to,
+            "source": self.source,
         }
 
 
@@ -116,19 +132,30 @@ def corr_mse(candidate: Tensor, target: Tensor, **_: Any) -> Tensor:
     return (candidate - target).pow(2).mean()
 
 
-def kl_logits(candidate: Tensor, target: Tensor, temperature: float = 1.0, **context: Any) -> Tensor:
-    """Distillation KL from the anchor to the candidate on logits, at temperature T, times T^2.
-
-    ``T^2 * mean_t KL(p_T || q_T)`` with ``p_T = softmax(H(f+a)/T)``, ``q_T = softmax(H(f+c)/T)``:
-    the direction NIB's ``kl_ac`` diagnostic measures, and the T^2 factor keeps gradient sizes
-    comparable across temperatures (Hinton et al.). T = 1 is the release's "raw KL".
-    """
-    anchor_logits, candidate_logits = _logits_pair(candidate, target, context, "kl_logits")
+def _tempered_kl(candidate: Tensor, target: Tensor, temperature: float, context: dict[str, Any], name: str) -> Tensor:
+    """``mean_t KL(p_T || q_T)``, ``p_T = softmax(H(f+a)/T)``, ``q_T = softmax(H(f+c)/T)`` (anchor to candidate)."""
+    anchor_logits, candidate_logits = _logits_pair(candidate, target, context, name)
     log_p = torch.log_softmax(anchor_logits.float() / temperature, dim=-1)
     log_q = torch.log_softmax(candidate_logits.float() / temperature, dim=-1)
     n_positions = log_p[..., 0].numel()
-    kl = F.kl_div(log_q, log_p, log_target=True, reduction="sum") / n_positions
-    return kl * temperature**2
+    return F.kl_div(log_q, log_p, log_target=True, reduction="sum") / n_positions
+
+
+def kl_raw(candidate: Tensor, target: Tensor, temperature: float = 2.0, **context: Any) -> Tensor:
+    """The release ledger's "raw KL": KL from the anchor to the candidate at temperature 2, *without*
+    the T^2 factor (so its gradients are about 1/T^2 of distillation's). The ledger trains it at one
+    tenth of corrMSE's learning rate; the ablation derives its LR that way rather than sweeping it."""
+    return _tempered_kl(candidate, target, temperature, context, "kl_raw")
+
+
+def kl_logits(candidate: Tensor, target: Tensor, temperature: float = 1.0, **context: Any) -> Tensor:
+    """Distillation KL from the anchor to the candidate on logits, at temperature T, times T^2.
+
+    ``T^2 * mean_t KL(p_T || q_T)``: the direction NIB's ``kl_ac`` diagnostic measures, and the T^2
+    factor keeps gradient sizes comparable across temperatures (Hinton et al.). This project's arm;
+    the release's is :func:`kl_raw`.
+    """
+    return _tempered_kl(candidate, target, temperature, context, "kl_logits") * temperature**2
 
 
 def logit_mse(candidate: Tensor, target: Tensor, **context: Any) -> Tensor:
@@ -141,7 +168,38 @@ def logit_mse(candidate: Tensor, target: Tensor, **context: Any) -> Tensor:
     return (candidate_logits.float() - anchor_logits.float()).pow(2).mean()
 
 
-def weighted_corr_mse(candidate: Tensor, target: Tensor, power: float = 1.0, **context: Any) -> Tensor:
+def release_weights(target: Tensor, clip: float = RELEASE_WEIGHT_CLIP) -> Tensor:
+    """The release ledger's per-position weights: ``|a_t|^2 / mean |a|^2`` over the batch, capped at ``clip``
+    (no renormalisation after the cap). Large anchor corrections count more."""
+    size = target.detach().pow(2).sum(dim=-1)
+    return (size / size.mean().clamp_min(_EPS)).clamp(max=clip)
+
+
+def weighted_corr_mse(candidate: Tensor, target: Tensor, **_: Any) -> Tensor:
+    """The release ledger's weighted corrMSE: ``mean_t w_t mean_d (c - a)^2`` with
+    :func:`release_weights` (w = |corr_A|^2 / mean |corr_A|^2, clipped at 10x)."""
+    return _weighted_mse(candidate, target, release_weights(target))
+
+
+def release_phase4_start(total_steps: int) -> int:
+    """First step of phase 4 of the release's four-phase schedule scaled to ``total_steps`` (the rounding of
+    :meth:`abi.schedule.PhaseSchedule.release_calibration`, which needs at least four steps; this does not)."""
+    release_total = sum(RELEASE_PHASE_STEPS)
+    return sum(round(total_steps * steps / release_total) for steps in RELEASE_PHASE_STEPS[:-1])
+
+
+def curriculum(candidate: Tensor, target: Tensor, **context: Any) -> Tensor:
+    """The release ledger's curriculum: plain corrMSE in phases 1-3 of the release's four-phase schedule,
+    the ledger's weighted corrMSE (:func:`weighted_corr_mse`) in phase 4. Phase boundaries follow
+    :meth:`abi.schedule.PhaseSchedule.release_calibration` at ``total_steps`` (the schedule the ablation uses)."""
+    step = _require(context, "step", "curriculum")
+    total = _require(context, "total_steps", "curriculum")
+    if step < release_phase4_start(total):
+        return corr_mse(candidate, target)
+    return weighted_corr_mse(candidate, target)
+
+
+def norm_weighted_corr_mse(candidate: Tensor, target: Tensor, power: float = 1.0, **context: Any) -> Tensor:
     """corrMSE with per-position weights ``w_t ∝ |f_t + a_t|^power`` (mean weight 1 per batch).
 
     The weight is the norm of the *anchor's* final hidden state ``f + a`` (the state its head
@@ -151,7 +209,7 @@ def weighted_corr_mse(candidate: Tensor, target: Tensor, power: float = 1.0, **c
     ``power = 1`` emphasises the positions where an error changes the logits least; ``power = -1``
     is the logit-relevant opposite.
     """
-    final = _require(context, "final", "weighted_corr_mse")
+    final = _require(context, "final", "norm_weighted_corr_mse")
     weights = _normalised((final + target).norm(dim=-1).clamp_min(_EPS).pow(power))
     return _weighted_mse(candidate, target, weights)
 
@@ -200,16 +258,56 @@ def _objective(
     needs_head: bool = False,
     params: Mapping[str, float] | None = None,
     equivalent_to: str | None = None,
+    source: str = "this project",
 ) -> CalibrationObjective:
     return CalibrationObjective(
-        name, fn, needs_head, description, MappingProxyType(dict(params or {})), MappingProxyType({}), equivalent_to
+        name,
+        fn,
+        needs_head,
+        description,
+        MappingProxyType(dict(params or {})),
+        MappingProxyType({}),
+        equivalent_to,
+        source,
     )
 
 
 OBJECTIVES: dict[str, CalibrationObjective] = {
     o.name: o
     for o in (
-        _objective("corr_mse", corr_mse, "MSE between candidate and anchor corrections (hidden space)"),
+        _objective(
+            "corr_mse",
+            corr_mse,
+            "MSE between candidate and anchor corrections (hidden space)",
+            source="release ledger",
+        ),
+        _objective(
+            "kl_raw",
+            kl_raw,
+            "KL(anchor || candidate) of the softmax at temperature T, without T^2",
+            needs_head=True,
+            params={"temperature": 2.0},
+            source="release ledger",
+        ),
+        _objective(
+            "weighted_corr_mse",
+            weighted_corr_mse,
+            "corrMSE weighted per position by |anchor correction|^2 / mean, capped at 10",
+            source="release ledger",
+        ),
+        _objective(
+            "curriculum",
+            curriculum,
+            "corrMSE in phases 1-3, weighted corrMSE (the ledger's weights) in phase 4",
+            source="release ledger",
+        ),
+        _objective(
+            "logit_mse",
+            logit_mse,
+            "MSE between candidate and anchor logits (whole vocabulary)",
+            needs_head=True,
+            source="unsourced",
+        ),
         _objective(
             "kl_logits",
             kl_logits,
@@ -218,11 +316,8 @@ OBJECTIVES: dict[str, CalibrationObjective] = {
             params={"temperature": 1.0},
         ),
         _objective(
-            "logit_mse", logit_mse, "MSE between candidate and anchor logits (whole vocabulary)", needs_head=True
-        ),
-        _objective(
-            "weighted_corr_mse",
-            weighted_corr_mse,
+            "norm_weighted_corr_mse",
+            norm_weighted_corr_mse,
             "corrMSE weighted per position by |anchor final hidden state|^power",
             params={"power": 1.0},
         ),
@@ -244,7 +339,7 @@ OBJECTIVES: dict[str, CalibrationObjective] = {
 
 # Value rules of every hyper-parameter: (check, what a valid value is).
 _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "temperature": (lambda v: v > 0, "a positive number, e.g. 1.0 (raw KL) or 2.0"),
+    "temperature": (lambda v: v > 0, "a positive number, e.g. 2.0 (the release's raw KL) or 1.0"),
     "power": (lambda v: -4 <= v <= 4, "a number in [-4, 4], e.g. 1.0 (weight by the norm) or -1.0"),
     "strength": (lambda v: v >= 0, "a non-negative number, e.g. 1.0 (0 = plain corrMSE)"),
     "ramp": (lambda v: 0 < v <= 1, "a fraction of the run in (0, 1], e.g. 0.5"),

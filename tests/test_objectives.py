@@ -10,14 +10,25 @@ from torch import nn
 
 from abi.objectives import (
     OBJECTIVES,
+    SOURCES,
     check_hyper,
     corr_mse,
     get_objective,
     make_objective,
+    release_phase4_start,
+    release_weights,
 )
 
-HIDDEN = ("corr_mse", "weighted_corr_mse", "curriculum_corr_mse", "cosine_corr", "final_hidden_mse")
-LOGIT = ("kl_logits", "logit_mse")
+HIDDEN = (
+    "corr_mse",
+    "weighted_corr_mse",
+    "curriculum",
+    "norm_weighted_corr_mse",
+    "curriculum_corr_mse",
+    "cosine_corr",
+    "final_hidden_mse",
+)
+LOGIT = ("kl_raw", "kl_logits", "logit_mse")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,10 +63,19 @@ def tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return candidate, target, 10 * torch.randn(2, 5, 8, generator=g)
 
 
-def test_registry_holds_the_seven_objectives_and_flags_the_head():
+def test_registry_flags_the_head_and_the_source_of_each_definition():
     assert set(OBJECTIVES) == set(HIDDEN) | set(LOGIT)
     assert {n for n, o in OBJECTIVES.items() if o.needs_head} == set(LOGIT)
     assert OBJECTIVES["final_hidden_mse"].equivalent_to == "corr_mse"
+    sources = {n: o.source for n, o in OBJECTIVES.items()}
+    assert {n for n, s in sources.items() if s == "release ledger"} == {
+        "corr_mse",
+        "kl_raw",
+        "weighted_corr_mse",
+        "curriculum",
+    }
+    assert sources["logit_mse"] == "unsourced" and set(sources.values()) <= set(SOURCES)
+    assert OBJECTIVES["kl_raw"].describe()["source"] == "release ledger"
     assert get_objective("corr_mse") is OBJECTIVES["corr_mse"]
 
 
@@ -106,6 +126,39 @@ def test_kl_known_value_and_temperature_scaling(tensors):
     assert head.calls == 6  # anchor and candidate logits, once each per call
 
 
+def test_raw_kl_is_the_ledger_kl_at_temperature_2_without_t_squared(tensors):
+    candidate, target, final = tensors
+    head = ScaledHead()
+    raw = get_objective("kl_raw")(candidate, target, **_context(final, head))
+    distilled = make_objective("kl_logits", temperature=2.0)(candidate, target, **_context(final, head))
+    p = torch.softmax((final + target) / 2, dim=-1)
+    q = torch.softmax((final + candidate) / 2, dim=-1)
+    assert raw.item() == pytest.approx((p * (p.log() - q.log())).sum(-1).mean().item(), rel=1e-5)
+    assert distilled.item() == pytest.approx(4 * raw.item(), rel=1e-6)
+    assert OBJECTIVES["kl_raw"].resolved_hyper() == {"temperature": 2.0}
+
+
+def test_release_weighted_corr_mse_weights_by_the_squared_anchor_correction_capped_at_10():
+    target = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])  # |a|^2 = 1 and 9, mean 5 -> weights 0.2 and 1.8
+    candidate = target + torch.tensor([[[1.0, 1.0], [2.0, 2.0]]])  # per-position MSE 1 and 4
+    loss = get_objective("weighted_corr_mse")(candidate, target)
+    assert loss.item() == pytest.approx((0.2 * 1 + 1.8 * 4) / 2, rel=1e-6)
+    big = torch.zeros(1, 20, 2)
+    big[0, 0, 0] = 100.0  # one huge correction: weight 20 before the cap, 10 after; the rest 0
+    weights = release_weights(big)
+    assert weights[0, 0].item() == pytest.approx(10.0) and weights[0, 1:].abs().max().item() == 0.0
+
+
+def test_release_curriculum_is_corr_mse_then_weighted_in_phase_4():
+    target = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])
+    candidate = target + torch.tensor([[[1.0, 1.0], [2.0, 2.0]]])
+    assert release_phase4_start(16000) == 10000 and release_phase4_start(120) == 74
+    curriculum = get_objective("curriculum")
+    plain, weighted = corr_mse(candidate, target).item(), get_objective("weighted_corr_mse")(candidate, target).item()
+    assert curriculum(candidate, target, step=73, total_steps=120).item() == pytest.approx(plain)
+    assert curriculum(candidate, target, step=74, total_steps=120).item() == pytest.approx(weighted)
+
+
 def test_kl_is_anchor_to_candidate():
     final = torch.zeros(1, 1, 2)
     anchor, candidate = torch.tensor([[[2.0, 0.0]]]), torch.tensor([[[0.0, 0.0]]])
@@ -121,13 +174,13 @@ def test_logit_mse_known_value(tensors):
     assert loss.item() == pytest.approx(9 * corr_mse(candidate, target).item(), rel=1e-5)
 
 
-def test_position_weighted_corr_mse_weights_by_the_anchor_hidden_norm():
+def test_norm_weighted_corr_mse_weights_by_the_anchor_hidden_norm():
     target = torch.zeros(1, 2, 2)
     final = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])  # |f + a| = 1 and 3 -> weights 0.5 and 1.5
     candidate = torch.tensor([[[2.0, 0.0], [0.0, 4.0]]])  # per-position MSE 2 and 8
-    weighted = get_objective("weighted_corr_mse")
+    weighted = get_objective("norm_weighted_corr_mse")
     assert weighted(candidate, target, final=final).item() == pytest.approx((0.5 * 2 + 1.5 * 8) / 2)
-    inverse = make_objective("weighted_corr_mse", power=-1.0)  # weights 1.5 and 0.5
+    inverse = make_objective("norm_weighted_corr_mse", power=-1.0)  # weights 1.5 and 0.5
     assert inverse(candidate, target, final=final).item() == pytest.approx((1.5 * 2 + 0.5 * 8) / 2)
     # The weight is |f + a|, not |f|: equal |f| but different anchor corrections give the same weights.
     anchor = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])
@@ -183,10 +236,10 @@ def test_logit_objectives_work_through_a_real_frozen_head(tiny_llama, tensors):
 def test_unknown_name_lists_the_known_objectives():
     with pytest.raises(
         ValueError,
-        match=r"unknown calibration objective 'kl_raw'; known objectives: corr_mse, "
-        r"cosine_corr, curriculum_corr_mse, final_hidden_mse, kl_logits",
+        match=r"unknown calibration objective 'kl_rawer'; known objectives: corr_mse, "
+        r"cosine_corr, curriculum, curriculum_corr_mse, final_hidden_mse, kl_logits, kl_raw",
     ):
-        make_objective("kl_raw")
+        make_objective("kl_rawer")
     with pytest.raises(ValueError, match="known objectives"):
         get_objective("nope")
 
@@ -200,7 +253,8 @@ def test_unknown_name_lists_the_known_objectives():
         ("kl_logits", {"temperature": "2"}, "must be a finite number"),
         ("kl_logits", {"temperature": float("nan")}, "must be a finite number"),
         ("curriculum_corr_mse", {"ramp": 1.5}, "ramp=1.5 is out of range"),
-        ("weighted_corr_mse", {"power": True}, "must be a finite number"),
+        ("norm_weighted_corr_mse", {"power": True}, "must be a finite number"),
+        ("weighted_corr_mse", {"power": 1.0}, r"does not take \['power'\]; it takes: no hyper"),
     ],
 )
 def test_incompatible_hyper_parameters_are_rejected(name, hyper, message):
@@ -229,7 +283,9 @@ def test_missing_context_says_what_is_needed(tensors):
     with pytest.raises(ValueError, match="needs step="):
         get_objective("curriculum_corr_mse")(candidate, target, final=final)
     with pytest.raises(ValueError, match="needs final="):
-        get_objective("weighted_corr_mse")(candidate, target)
+        get_objective("norm_weighted_corr_mse")(candidate, target)
+    with pytest.raises(ValueError, match="needs step="):
+        get_objective("curriculum")(candidate, target)
 
 
 def test_objectives_plug_into_calibrate(tiny_llama, tmp_path):

@@ -225,8 +225,10 @@ def test_calibration_rejects_misaligned_targets(features, anchor_targets):
 
 
 def test_unknown_objective_lists_the_known_ones(features, anchor_targets):
-    with pytest.raises(ValueError, match=r"unknown calibration objective 'kl_raw'.*corr_mse"):
-        calibrate(ABIModule(CANDIDATE), features, anchor_targets, PhaseSchedule.constant(5, 1e-3), objective="kl_raw")
+    with pytest.raises(ValueError, match=r"unknown calibration objective 'kl_rawest'.*corr_mse"):
+        calibrate(
+            ABIModule(CANDIDATE), features, anchor_targets, PhaseSchedule.constant(5, 1e-3), objective="kl_rawest"
+        )
     with pytest.raises(ValueError, match="corr_mse"):
         get_objective("nope")
     assert get_objective("corr_mse") is OBJECTIVES["corr_mse"]
