@@ -11,12 +11,17 @@ prose corpus (:mod:`abi.prose`, the offline stand-in for WikiText-2).
 * The result is a *new* backbone: its own name (``<base>+prose-ft-<key>``), an identity that
   records the base fingerprint, the configuration and the data hash, and its own fingerprint,
   so every cache keyed by fingerprint (tap features) keeps the two apart.
-* By default nothing protects the module. ``protect_weight > 0`` reproduces the original's
-  *protected* update: an extra MSE between the tap hidden states of the model being updated and
-  those of the original backbone on the same batch, which keeps the module's inputs in place.
-  Its scale is that of the model's hidden states, so a good weight depends on the model; the
-  update runs in training mode, so for models with dropout (T5) the term is not zero even at
-  step 0 (the original backbone is read in eval mode).
+* By default nothing protects the module. ``protect_weight > 0`` adds a stability term, the MSE
+  between a representation of the model being updated and that of the original backbone on the
+  same batch (the original is frozen, so computing it per batch equals a cache of pre-update
+  references). ``protect_target="module"`` is the release's term: the *module's* hidden state
+  (``module.bottleneck``: its input projection and norm) of the updated taps against that of the
+  original taps, the module frozen and passed as ``protect_module`` (its parameter hash is part
+  of the configuration, so the cache keeps updates for different modules apart).
+  ``protect_target="taps"`` is this project's earlier variant: the raw tap hidden states, whose
+  scale is the model's, so a good weight depends on the model. The update runs in training
+  mode, so for models with dropout (T5) the term is not zero even at step 0 (the original
+  backbone is read in eval mode).
 * A NaN or infinite loss stops with :class:`abi.train.TrainingDivergedError` and leaves no
   cache entry behind. A finished update is cached under ``cache_dir()/finetuned`` keyed by
   everything it depends on, so a re-run loads it instead of re-training; with
@@ -51,6 +56,8 @@ from abi.train import TrainingDivergedError
 
 _FORMAT = 1
 SPLITS = ("train", "validation", "test")
+# What the stability term keeps close: the module's hidden state (the release's) or the raw tap states.
+PROTECT_TARGETS = ("module", "taps")
 
 
 class FinetuneCacheError(RuntimeError):
@@ -70,6 +77,8 @@ class FinetuneConfig:
     seed: int = 0
     protect_weight: float = 0.0
     protect_taps: tuple[int, ...] = ()
+    protect_target: str = "taps"
+    protect_module_sha256: str = ""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_windows"):
@@ -88,6 +97,13 @@ class FinetuneConfig:
             raise ValueError(f"protect_weight must be >= 0, got {self.protect_weight!r}.")
         if self.protect_weight > 0 and not self.protect_taps:
             raise ValueError("a protected update (protect_weight > 0) needs protect_taps: the module's tap layers.")
+        if self.protect_target not in PROTECT_TARGETS:
+            raise ValueError(
+                f"protect_target must be one of {', '.join(PROTECT_TARGETS)} (module: the release's term), "
+                f"got {self.protect_target!r}."
+            )
+        if self.protect_weight > 0 and self.protect_target == "module" and not self.protect_module_sha256:
+            raise ValueError("protect_target='module' needs protect_module_sha256: the frozen module's parameter hash.")
         object.__setattr__(self, "protect_taps", tuple(int(t) for t in self.protect_taps))
 
     @property
@@ -155,19 +171,42 @@ def _lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
-def update_losses(trainee: Backbone, base: Backbone, batch: Windows, config: FinetuneConfig) -> tuple[Tensor, Tensor]:
+def update_losses(
+    trainee: Backbone, base: Backbone, batch: Windows, config: FinetuneConfig, module: nn.Module | None = None
+) -> tuple[Tensor, Tensor]:
     """Next-token loss of the model being updated, and the protection term (0 when unprotected).
 
-    The protection term is the mean squared difference between the tap hidden states of the
-    model being updated and those of the original backbone on the same batch.
+    The protection term is the mean squared difference between the module's hidden state
+    (``protect_target="module"``, the release's) or the raw tap states (``"taps"``) of the model
+    being updated and those of the original backbone on the same batch.
     """
     if not config.protected:
         return _lm_loss(_logits(trainee.model, trainee, batch), batch.labels), torch.zeros(())
     with trainee.capture_taps(config.protect_taps) as captured:
         logits = _logits(trainee.model, trainee, batch)
     taps = torch.stack([captured[f"tap{t}"] for t in config.protect_taps], dim=-2).float()
-    target = base.tap_features(batch.input_ids, config.protect_taps, encoder_ids=batch.encoder_ids).taps
-    return _lm_loss(logits, batch.labels), nn.functional.mse_loss(taps, target)
+    with torch.no_grad():
+        target = base.tap_features(batch.input_ids, config.protect_taps, encoder_ids=batch.encoder_ids).taps
+        if config.protect_target == "module":
+            target = module.bottleneck(target)
+    current = module.bottleneck(taps) if config.protect_target == "module" else taps
+    return _lm_loss(logits, batch.labels), nn.functional.mse_loss(current, target)
+
+
+def _check_protect_module(config: FinetuneConfig, module: nn.Module | None) -> None:
+    """The release's protected update needs the frozen module whose hash its configuration names."""
+    if not (config.protected and config.protect_target == "module"):
+        return
+    if module is None:
+        raise ValueError(
+            "protect_target='module' needs protect_module: the frozen module trained on the base backbone."
+        )
+    from abi.module import parameter_hash
+
+    if parameter_hash(module) != config.protect_module_sha256:
+        raise ValueError(
+            "protect_module does not match the configuration's protect_module_sha256; pass the same module."
+        )
 
 
 def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
@@ -209,7 +248,7 @@ def update_key(base: Backbone, windows: Windows, config: FinetuneConfig) -> str:
 def _updated_backbone(
     base: Backbone, model: nn.Module, key: str, config: FinetuneConfig, windows: Windows, data: dict[str, Any] | None
 ) -> Backbone:
-    kind = "protected prose fine-tune" if config.protected else "prose fine-tune"
+    kind = f"protected ({config.protect_target}) prose fine-tune" if config.protected else "prose fine-tune"
     spec = dataclasses.replace(
         base.spec,
         name=f"{base.name}+prose-ft-{key[:10]}",
@@ -226,7 +265,7 @@ def _updated_backbone(
         "data": data or {},
         "key": key,
     }
-    return Backbone(spec, model, base.tokenizer, identity)
+    return Backbone(spec, model, base.tokenizer, identity, correction_site=base.correction_site)
 
 
 def _cache_folder(base: Backbone, key: str, root: Path | None) -> Path:
@@ -243,6 +282,7 @@ def finetune_backbone(
     root: Path | None = None,
     checkpoint_every: int = 0,
     desc: str = "backbone update",
+    protect_module: nn.Module | None = None,
 ) -> FinetuneRun:
     """Fine-tune a deep copy of ``base`` on ``windows``; returns the updated backbone.
 
@@ -251,9 +291,11 @@ def finetune_backbone(
     ``config.seed``, dropout uses the same seed, so a run is deterministic. ``data`` (corpus
     identities) goes into the new backbone's identity. ``checkpoint_every > 0`` saves model,
     optimizer and random states every so many steps so an interrupted run resumes exactly.
+    ``protect_module`` is the frozen module of the release's protected update.
     """
     if config.protected:
         base.check_taps(config.protect_taps)
+    _check_protect_module(config, protect_module)
     if len(windows) == 0:
         raise ValueError("no fine-tuning windows; the prose train split is empty or the windows are too long.")
     before = base.fingerprint(recompute=True)
@@ -263,7 +305,17 @@ def finetune_backbone(
         return _load_cached(base, folder, key, config, windows, data)
     partial = folder.with_name(folder.name + ".partial")
     try:
-        run = _train(base, windows, config, key, data, partial if checkpoint_every else None, checkpoint_every, desc)
+        run = _train(
+            base,
+            windows,
+            config,
+            key,
+            data,
+            partial if checkpoint_every else None,
+            checkpoint_every,
+            desc,
+            protect_module,
+        )
     except TrainingDivergedError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -285,6 +337,7 @@ def _train(
     partial: Path | None,
     checkpoint_every: int,
     desc: str,
+    protect_module: nn.Module | None = None,
 ) -> FinetuneRun:
     model = copy.deepcopy(base.model)
     trainee = _updated_backbone(base, model, key, config, windows, data)  # freezes; re-enabled below
@@ -304,7 +357,7 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = windows.select(torch.randint(0, len(windows), (config.batch_windows,), generator=generator))
-            lm_loss, protect_loss = update_losses(trainee, base, batch, config)
+            lm_loss, protect_loss = update_losses(trainee, base, batch, config, protect_module)
             loss = lm_loss + config.protect_weight * protect_loss if config.protected else lm_loss
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(

@@ -16,48 +16,41 @@
 # # Claim 4: a module survives an update of its backbone (backbone-update invariance)
 #
 # **The release's claim.** An ABI module is trained on a backbone; the backbone is then fine-tuned for 1,000
-# steps on WikiText-2, and the old module is applied to the updated backbone *zero-shot*. Transfer efficacy
-# = (raw_backbone_ppl - zero_shot_ppl) / (raw_backbone_ppl - oracle_ppl) was 304.3 % on T5-large (raw 35.22,
-# zero-shot 25.61, oracle 32.06) and 65.3 % on GPT-2-medium; the claim passes at 50 %.
+# steps on WikiText-2, and the old module is applied to the updated backbone *zero-shot*. Transfer efficacy was
+# 304.3 % on T5-large (raw 35.22, zero-shot 25.61, oracle 32.06) and 65.3 % on GPT-2-medium; the claim passes at 50 %.
 #
-# **What the original did.** Its update carried an extra loss that kept the module's inputs (the tap hidden
-# states) close to the old backbone's, so the backbone was not updated freely; its oracle was a fresh module
-# trained on the *old* backbone; and its denominator was small (35.22 - 32.06 = 3.16, 9 % of the raw
-# perplexity), so the ratio was very sensitive to noise: a 1 % change in any perplexity moves it by more than
-# 10 points.
+# **What the original did.** Its update carried a *stability term*: the mean squared difference between the
+# module's hidden state (its input projection and norm) on the updated backbone and on the old one, the module
+# frozen, so the backbone was not updated freely. Its efficacy comes in two formulas. The FAQ's is
+# (raw - zero-shot) / (raw - oracle). The GPT-2-medium code divides the zero-shot *relative* gain by the oracle's
+# relative gain, each against its own baseline: on the release's own perplexities that gives 65.3 %, where the
+# FAQ's formula gives 56.3 %. The T5 update mostly taught T5 the window format (raw code perplexity 63.7 -> 35.2),
+# which left a small denominator (3.16, 9 % of the raw perplexity), so the ratio was very sensitive to noise.
 #
-# **How we test it.** For each backbone B: a module is trained on B (domain stage on cached tap features,
-# Python code); B is fully fine-tuned on English Wikipedia prose (the offline stand-in for WikiText-2) with
-# *no* term that protects the module, giving a new model B' with its own fingerprint (B itself stays
-# bit-identical); the old module is applied to B' unchanged. On held-out code (files never seen in training)
-# we report perplexities with intervals for raw B, B + module, raw B', B' + old module, B' + a fresh module
-# trained the same way (the oracle *on the updated backbone*) and a fresh module on B (the original's oracle).
-# The raw backbone of the formula is the updated one, B' (the release's numbers fit only this reading). Efficacy is
-# computed under both oracles with a paired window bootstrap and flagged *ill-conditioned* when the
-# denominator's 95 % interval reaches below `ill_conditioned_fraction` (10 % by default) of the raw B' perplexity (rule fixed before any run). We also
-# count *negative flips* (positions the module predicted right on B and gets wrong on B') and show the prose
-# perplexity before and after the update, to prove the update changed the model. The original's protected
-# update is an option (`updates=["plain", "protected"]`).
+# **How we test it.** On one backbone (smollm2-135m, module added after the final norm as in the release) in
+# two settings, as in claim 1: `python` (weak regime: the model already knows Python, a module barely helps) and
+# `python-dialect` (strong regime: a seeded dialect of the same code, where a module matters). Modules are trained
+# on B with several seeds; B is fully fine-tuned on English Wikipedia prose (the offline stand-in for WikiText-2)
+# with several seeds, once *without* anything that protects the module (the claim as stated) and once with the
+# release's stability term; the old module is applied to each updated backbone B' unchanged. Two gates decide
+# beforehand whether a setting can test the claim: the module must matter on B (it lowers held-out domain
+# perplexity by at least 25 % and the bare B fails the NIB against it), and the update must *take* (it lowers
+# the prose perplexity and changes the bare domain perplexity by at least 10 %). Every number comes from
+# held-out text. t5-mini, an extra backbone of earlier runs, is left out of this profile: its prose update did
+# not take (prose perplexity rose from 222.3 to 224.2), so it could not test the claim within the budget.
 
 # %% tags=["parameters"]
 # Parameters (papermill). None means "the profile's value"; see abi/profiles.py.
 profile = "cpu"
 results_dir = None
-backbones = None
-n_taps = None
-taps = None
-bottleneck = None
-window_len = None
-n_train_windows = None
-eval_windows = None
-domain_steps = None
+settings = None
+module_seeds = None
+update_seeds = None
 updates = None
+domain_steps = None
 finetune_steps = None
 finetune_lr = None
-finetune_batch_windows = None
-protect_weight = None
-prose_eval_windows = None
-ill_conditioned_fraction = None
+eval_windows = None
 
 # %%
 from abi.experiments import backbone_invariance as claim
@@ -69,79 +62,74 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 from myst_nb import glue
 
-from abi.experiments.backbone_invariance_evaluation import evaluate
-from abi.experiments.backbone_invariance_setup import prepare
 from abi.experiments.backbone_invariance_stats import glue_values
-from abi.experiments.backbone_invariance_training import train
 from abi.plotting.backbone_invariance import plot_efficacy, plot_perplexities
-from abi.reports.backbone_invariance import efficacy_table, perplexity_table, update_table, verdict_sentence
-from abi.results import Stopwatch, load_result, write_result
+from abi.reports.backbone_invariance import (
+    efficacy_table,
+    gate_table,
+    perplexity_table,
+    update_table,
+    verdict_sentence,
+)
+from abi.results import load_result, write_result
 
-watch = Stopwatch()
 result_path = out_dir / "backbone_invariance.json"
 pd.Series({k: v for k, v in params.items() if k != "bootstrap"}, dtype=object).to_frame("value")
 
 # %% [markdown]
-# ## One block per backbone: module on B, the update, the module on B'
+# ## The shared updates, then one setting at a time
 #
-# For each backbone in turn: load it and fingerprint it; cut code windows (train split for the modules,
-# held-out split for every number below) and prose windows (train split for the update, test split for the
-# prose perplexity); cache B's tap features; train the module and the original's oracle on B; fine-tune a copy
-# of B on prose (AdamW, linear warm-up, gradient clipping, seeded; a finished update is cached and reloaded on a
-# re-run); check that the module fits B' (same architecture, width and taps; anything else is refused); cache
-# B''s tap features; train our oracle on B'; score every condition on the same held-out windows. A fine-tune
-# whose loss becomes NaN stops here with a message, before anything is written.
+# First the backbone B and the prose: B's prose perplexity on held-out articles, and the unprotected updates
+# (one per update seed; a finished update is cached on disk and reloaded on a re-run). They do not depend on the
+# domain, so both settings share them. Then, per setting: modules on B (one per module seed) and a fresh module
+# on B (the original's oracle); for every updated backbone B' its features, a fresh module on B' (our oracle) and
+# every condition scored on the same held-out windows; the protected updates are made per setting, since their
+# stability term needs the module. A finished setting is kept on disk, so an interrupted run resumes after it.
 
 # %%
-blocks = {}
-for name in params["backbones"]:
-    setup = prepare(params, name)
-    trained = train(setup)
-    blocks[name] = evaluate(setup, trained)
-    print(f"{name}: taps {list(setup.taps)}; B unchanged: {blocks[name]['backbone']['unchanged']}; "
-          + "; ".join(f"{u} update -> {arm.run.backbone.name} (fingerprint {arm.run.backbone.fingerprint()[:12]}, "
-                      f"{'loaded from cache' if arm.run.from_cache else 'trained'})" for u, arm in trained.updates.items()))
-result = claim.build_result(params, blocks, watch)
+shared = claim.prepare_shared(params)
+runs = {name: claim.run_setting(shared, name) for name in params["settings"]}
+result = claim.build_result(shared, runs)
 write_result(result_path, result)
 result = load_result(result_path)  # re-read: everything below comes from the verified file
 print(f"wrote {result_path}")
 
 # %% [markdown]
-# ## Did the update change the backbone?
+# ## Can each setting test the claim?
 #
-# Prose perplexity on held-out Wikipedia articles before (B) and after (B') the update, and how the update moved
-# the next-token predictions on code: *negative flips* are positions predicted correctly before and wrongly after
-# (as a share of the positions predicted correctly before), *positive flips* the reverse. The top-5 overlap column
-# is the NIB top-5 agreement of B' + old module with B + module.
+# The regime gate (does the module matter on B?) and the update gate (did each update take?), decided before
+# any efficacy is looked at.
 
 # %%
-for name in result["backbones"]:
+gate_table(result)
+
+# %%
+for name in result["settings"]:
     display(Markdown(f"**{name}**"))
     display(update_table(result, name))
 
 # %% [markdown]
 # ## Held-out domain perplexity, every condition
 #
-# Perplexity pooled over the held-out windows, with 95 % window-bootstrap intervals (the window is the unit).
-# The published T5-large figures are shown beside the matching conditions; they come from another model and
-# corpus, so only the pattern can be compared.
+# B's conditions with 95 % window-bootstrap intervals; the updated backbones' as the mean and range over the
+# seed grid (a *cell* is one update seed and one module seed).
 
 # %%
 figures = out_dir / "figures"
 plot_perplexities(result, figures / "backbone_invariance_perplexity.png")
 display(Image(filename=str(figures / "backbone_invariance_perplexity.png")))
-for name in result["backbones"]:
+for name in result["settings"]:
     display(Markdown(f"**{name}**"))
     display(perplexity_table(result, name))
 
 # %% [markdown]
-# ## Transfer efficacy under both oracles
+# ## Transfer efficacy: both formulas, both oracles
 #
-# Ours: the oracle is a fresh module trained on the *updated* backbone B' with the same budget. The original's:
-# a fresh module on the *old* backbone B. Both use raw B' as the raw backbone. Intervals resample the held-out
-# windows jointly for all conditions (percentile method, which stays usable for ratios). A verdict is PASS when
-# the interval's lower end clears 50 %, FAIL when its upper end is below 50 %, otherwise inconclusive; an
-# ill-conditioned ratio gets no verdict. The last column applies the release's rule (point estimate >= 50 %).
+# Our oracle is a fresh module trained on the *updated* backbone B' with the same budget; the original's is a
+# fresh module on the *old* backbone B. With our oracle the two formulas coincide (both gains are measured
+# against raw B'); with the original's they differ. Intervals come from a hierarchical bootstrap that
+# resamples update seeds, module seeds and held-out windows together. A ratio is *ill-conditioned* when its
+# denominator's interval reaches below 10 % of the raw B' perplexity; then it gets no pass or fail.
 
 # %%
 plot_efficacy(result, figures / "backbone_invariance_efficacy.png")
@@ -150,6 +138,9 @@ efficacy_table(result)
 
 # %% [markdown]
 # ## Verdict
+#
+# Each setting's row is the unprotected update under our oracle (FAQ formula), gated by both gates; the claim's
+# verdict combines the rows. The protected update is reported beside it, as the release ran it.
 
 # %%
 for key, value in glue_values(result).items():

@@ -1,5 +1,5 @@
-"""Claim 4 end to end on tiny models (decoder-only and encoder-decoder), its statistics, and bad input
-refused before any long work."""
+"""Claim 4 end to end on a tiny model (two settings, a seed grid, both update arms), both efficacy
+formulas against the release's own numbers, the gates, and bad input refused before any long work."""
 
 from __future__ import annotations
 
@@ -7,24 +7,37 @@ import dataclasses
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from abi.backbones import TapIndexError, UnknownBackboneError, load_backbone
 from abi.checkpoints import CheckpointError, load_module, save_module
 from abi.data import CorpusTooShortError
 from abi.experiments import backbone_invariance as claim
-from abi.experiments import backbone_invariance_setup, backbone_invariance_training
-from abi.experiments.backbone_invariance_evaluation import evaluate
-from abi.experiments.backbone_invariance_setup import prepare
-from abi.experiments.backbone_invariance_stats import efficacy, glue_values
-from abi.experiments.backbone_invariance_training import check_zero_shot, module_record, train
+from abi.experiments import backbone_invariance_setup
+from abi.experiments.backbone_invariance_stats import (
+    PUBLISHED,
+    derive,
+    faq_efficacy,
+    glue_values,
+    release_code_efficacy,
+    update_gates,
+)
+from abi.experiments.backbone_invariance_training import check_zero_shot, module_record
 from abi.module import ABIModule, ModuleConfig
 from abi.plotting.backbone_invariance import plot_efficacy, plot_perplexities
-from abi.reports.backbone_invariance import efficacy_table, perplexity_table, update_table, verdict_sentence
-from abi.results import load_result, write_result
-from abi.stats import paired_window_statistic_ci
+from abi.reports.backbone_invariance import (
+    efficacy_table,
+    gate_table,
+    perplexity_table,
+    summary_rows,
+    update_table,
+    verdict_sentence,
+)
+from abi.results import check_result, load_result, write_result
 from abi.train import TrainingDivergedError
+from abi.verdicts import VERDICTS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY = {
     "n_train_windows": 8,
@@ -39,118 +52,100 @@ TINY = {
 @pytest.fixture(scope="module")
 def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     params = claim.validate("smoke", **TINY)
-    blocks = {}
-    for name in params["backbones"]:
-        setup = prepare(params, name)
-        blocks[name] = evaluate(setup, train(setup))
-    result = claim.build_result(params, blocks)
+    shared = claim.prepare_shared(params)
+    runs = {name: claim.run_setting(shared, name, resume=False) for name in params["settings"]}
+    result = claim.build_result(shared, runs)
     return result, write_result(tmp_path_factory.mktemp("results") / "backbone_invariance.json", result)
 
 
-def test_result_verifies_with_one_block_per_backbone(smoke_result: tuple[dict, Path]) -> None:
-    loaded = load_result(smoke_result[1])
-    assert set(loaded["backbones"]) == {"tiny-llama", "tiny-t5"}
-    conditions = {"B/raw", "B/module", "B/fresh"} | {
-        f"{u}/{k}" for u in ("plain", "protected") for k in ("raw", "zero_shot", "oracle")
-    }
-    for name, block in loaded["backbones"].items():
-        assert set(block["windows"]["nll"]) == conditions
-        assert set(loaded["summary"][name]["efficacy"]["plain"]) == {"ours", "original"}
-        assert len(block["windows"]["n_tokens"]) == TINY["eval_windows"]
-    assert loaded["backbones"]["tiny-t5"]["window_layout"]["layout"] == "prefix"
-    assert set(loaded["comparisons"]) == {
-        f"{n}/{u}/{k}" for n in ("tiny-llama", "tiny-t5") for u in ("plain", "protected") for k in ("module", "raw")
-    }
+def test_result_verifies_with_settings_gates_and_verdicts(smoke_result: tuple[dict, Path]) -> None:
+    result, path = smoke_result
+    loaded = load_result(path)
+    check_result(loaded)
+    assert set(loaded["settings"]) == {"python", "python-dialect"}
+    assert loaded["parameters"]["correction_site"] == "after_final_norm"
+    assert all(s["correction_site"] == "after_final_norm" for s in loaded["settings"].values())
+    assert loaded["verdict"] in VERDICTS and all(v in VERDICTS for v in loaded["row_verdicts"].values())
+    for name, gate in loaded["regime_gates"].items():
+        assert set(gate) == {"module_ppl_reduction", "bare_backbone_nib", "testable"}
+        assert set(loaded["update_gates"][name]) == {"plain", "protected"}
 
 
-def test_backbone_unchanged_and_updates_are_new_models(smoke_result: tuple[dict, Path]) -> None:
-    for block in smoke_result[0]["backbones"].values():
-        base = block["backbone"]  # B unchanged: the run itself refuses otherwise
-        prints = {u["backbone"]["fingerprint"] for u in block["updates"].values()}
-        assert len(prints) == 2 and base["fingerprint_before"] not in prints
-        assert block["updates"]["protected"]["config"]["protect_weight"] > 0
-        assert block["updates"]["plain"]["config"]["protect_weight"] == 0
+def test_seed_grid_and_shared_plain_updates(smoke_result: tuple[dict, Path]) -> None:
+    result, _ = smoke_result
+    params = result["parameters"]
+    python, dialect = result["settings"]["python"], result["settings"]["python-dialect"]
+    assert len(python["cells"]["plain"]) == len(params["update_seeds"]) * len(params["module_seeds"])
+    assert len(python["cells"]["protected"]) == len(params["protected_update_seeds"]) * len(
+        params["protected_module_seeds"]
+    )
+    for u in params["update_seeds"]:  # the plain update does not depend on the domain: one backbone per seed
+        assert python["updates"][f"plain/{u}"]["key"] == dialect["updates"][f"plain/{u}"]["key"]
+    protected = python["updates"][f"protected/{params['update_seeds'][0]}/{params['protected_module_seeds'][0]}"]
+    assert protected["config"]["protect_target"] == "module" and protected["config"]["protect_module_sha256"]
+    assert result["backbone"]["unchanged"]
 
 
 def test_summaries_follow_from_raw_values(smoke_result: tuple[dict, Path]) -> None:
-    result = smoke_result[0]
-    for name, block in result["backbones"].items():
-        windows, summary = block["windows"], result["summary"][name]
-        n = sum(windows["n_tokens"])
-        ppl = {c: math.exp(sum(v) / n) for c, v in windows["nll"].items()}
-        for update in block["updates"]:
-            for oracle, key in (("ours", f"{update}/oracle"), ("original", "B/fresh")):
-                raw = ppl[f"{update}/raw"]
-                expected = (raw - ppl[f"{update}/zero_shot"]) / (raw - ppl[key])
-                assert summary["efficacy"][update][oracle]["estimate"] == pytest.approx(expected, rel=1e-9)
-            flips = windows["negative_flips"][f"{update}/module"]
-            right = windows["correct"]["B/module"]
-            assert all(f <= r for f, r in zip(flips, right))
-            rate = summary["negative_flip_rate"][update]["module"]["estimate"]
-            assert rate == pytest.approx(sum(flips) / sum(right)) if sum(right) else math.isnan(rate)
-        assert summary["prose_ppl"]["plain"]["estimate"] != summary["prose_ppl"]["B"]["estimate"]
+    result, _ = smoke_result
+    recomputed = derive(result)
+    assert recomputed["verdict"] == result["verdict"] and recomputed["row_verdicts"] == result["row_verdicts"]
+    tampered = {**result, "settings": {k: dict(v) for k, v in result["settings"].items()}}
+    tampered["settings"]["python"]["nll"] = {
+        k: [x * 1.5 for x in v] if k == "B/raw" else v for k, v in result["settings"]["python"]["nll"].items()
+    }
+    assert (
+        derive(tampered)["setting_stats"]["python"]["ppl"]["B/raw"] != result["setting_stats"]["python"]["ppl"]["B/raw"]
+    )
 
 
 def test_tables_and_figures_render(smoke_result: tuple[dict, Path], tmp_path: Path) -> None:
-    result = load_result(smoke_result[1])
-    published = efficacy_table(result).loc["published T5-large"].iloc[0]
-    assert published["efficacy % (95% CI)"] == "304.3" and published["denominator (ppl) (95% CI)"] == "3.160"
-    assert perplexity_table(result, "tiny-t5").index[0] == "raw B"
-    assert list(update_table(result, "tiny-llama").index) == ["plain", "protected"]
-    assert "tiny-llama" in verdict_sentence(result) and "304.3 % on T5-large" in verdict_sentence(result)
-    assert plot_perplexities(result, tmp_path / "backbone_invariance_perplexity.png").is_file()
-    assert plot_efficacy(result, tmp_path / "backbone_invariance_efficacy.png").is_file()
+    result = load_result(smoke_result[1])  # the chapter draws from the written file
+    assert len(gate_table(result)) == 2
+    for name in result["settings"]:
+        assert len(update_table(result, name)) and len(perplexity_table(result, name))
+    assert len(efficacy_table(result)) == 2 * 2 * 2 * 2 + 3
+    assert "Verdict at the `smoke` profile" in verdict_sentence(result)
+    assert len(summary_rows(result)) == 2
+    for plot, stem in ((plot_perplexities, "perplexity"), (plot_efficacy, "efficacy")):
+        assert plot(result, tmp_path / f"backbone_invariance_{stem}.png").stat().st_size > 0
 
 
 def test_glue_values_are_prefixed(smoke_result: tuple[dict, Path]) -> None:
     values = glue_values(smoke_result[0])
     assert all(key.startswith("c4_") for key in values)
-    assert "c4_tiny_t5_efficacy_ours" in values and "c4_verdict" in values
+    assert values["c4_verdict"] == smoke_result[0]["verdict"]
+    assert "c4_python_dialect_efficacy_ours_faq" in values and "c4_python_efficacy_original_release_code_low" in values
 
 
-# -- the statistics ------------------------------------------------------------------------------
-def _synthetic(ppls: dict[str, float], n_windows: int = 40, tokens: int = 100, noise: float = 0.05, seed: int = 0):
-    """Per-window NLL sums whose pooled perplexities are ``ppls`` (window noise shared + own)."""
-    rng = np.random.default_rng(seed)
-    shared = rng.normal(0, noise, n_windows)
-    nll = {}
-    for name, ppl in ppls.items():
-        per_token = math.log(ppl) + shared + rng.normal(0, noise / 5, n_windows)
-        per_token += math.log(ppl) - per_token.mean()
-        nll[name] = (per_token * tokens).tolist()
-    return nll, [tokens] * n_windows
-
-
-PARAMS = {"bootstrap": {"n_resamples": 1000, "seed": 0}, "ill_conditioned_fraction": 0.1, "pass_efficacy": 0.5}
-
-
-def test_the_releases_own_numbers_are_ill_conditioned() -> None:
-    nll, n = _synthetic({"plain/raw": 35.22, "plain/zero_shot": 25.61, "plain/oracle": 32.06})
-    result = efficacy(nll, n, "plain", "plain/oracle", PARAMS)
-    assert result["estimate"] == pytest.approx(9.61 / 3.16, rel=1e-3)  # 304 %, as published
-    assert result["ill_conditioned"] and result["verdict"] == "ill-conditioned"
-    assert result["point_pass"]  # the release's rule would pass it
-
-
-def test_a_well_conditioned_efficacy_gets_a_verdict() -> None:
-    nll, n = _synthetic({"plain/raw": 10.0, "plain/zero_shot": 6.5, "plain/oracle": 5.0}, noise=0.01)
-    result = efficacy(nll, n, "plain", "plain/oracle", PARAMS)
-    assert result["estimate"] == pytest.approx(0.7, rel=1e-3)
-    assert not result["ill_conditioned"] and result["verdict"] == "PASS"
-    assert result["denominator"]["low"] > 1.0
-
-
-def test_paired_statistic_ci_resamples_windows_jointly() -> None:
-    rng = np.random.default_rng(1)
-    a = rng.normal(5, 1, 50)
-    ci = paired_window_statistic_ci({"a": a, "b": a + 1.0}, lambda d: d["b"].mean(-1) - d["a"].mean(-1), seed=2)
-    assert ci.estimate == pytest.approx(1.0) and ci.low == pytest.approx(1.0) and ci.high == pytest.approx(1.0)
-    ratio = paired_window_statistic_ci(
-        {"k": [1, 2, 0, 3], "n": [4, 4, 4, 4]}, lambda d: d["k"].sum(-1) / d["n"].sum(-1)
+# -- the release's formulas and the gates ------------------------------------------------------------
+def test_both_efficacy_formulas_reproduce_the_releases_numbers() -> None:
+    gpt2, t5 = PUBLISHED["gpt2-medium"], PUBLISHED["t5-large"]
+    code = release_code_efficacy(
+        gpt2["raw_ppl"], gpt2["zero_shot_ppl"], gpt2["oracle_baseline_ppl"], gpt2["oracle_ppl"]
     )
-    assert ratio.estimate == pytest.approx(6 / 16) and 0 <= ratio.low <= ratio.estimate <= ratio.high <= 0.75
-    with pytest.raises(ValueError, match="unequal length"):
-        paired_window_statistic_ci({"a": [1.0, 2.0], "b": [1.0]}, lambda d: d["a"].mean(-1))
+    assert code == pytest.approx(0.653, abs=0.001)  # the release's 65.3 % (inputs rounded to 2 decimals)
+    assert faq_efficacy(gpt2["raw_ppl"], gpt2["zero_shot_ppl"], gpt2["oracle_ppl"]) == pytest.approx(0.563, abs=0.001)
+    assert faq_efficacy(t5["raw_ppl"], t5["zero_shot_ppl"], t5["oracle_ppl"]) == pytest.approx(3.043, abs=0.003)
+    # with one shared baseline (our oracle on B') the two formulas agree
+    assert release_code_efficacy(30.0, 20.0, 30.0, 10.0) == pytest.approx(faq_efficacy(30.0, 20.0, 10.0))
+
+
+def test_update_gate_needs_lower_prose_and_a_ten_percent_domain_change() -> None:
+    n = [10, 10]
+
+    def setting(raw_after: float, prose_after: float) -> dict:
+        nll = lambda ppl: [math.log(ppl) * 10] * 2  # noqa: E731 - per-window NLL of a pooled perplexity
+        return {
+            "windows": {"n_tokens": n},
+            "nll": {"B/raw": nll(20.0)},
+            "prose": {"n_tokens": n, "nll": {"B": nll(30.0), "plain/0": nll(prose_after)}},
+            "cells": {"plain": {"0/0": {"raw": nll(raw_after)}}},
+        }
+
+    assert update_gates(setting(23.0, 25.0), 0.1)["plain"]["testable"]
+    assert not update_gates(setting(21.0, 25.0), 0.1)["plain"]["testable"]  # 5 %: did not move the domain
+    assert not update_gates(setting(30.0, 31.0), 0.1)["plain"]["testable"]  # prose got worse: did not take
 
 
 # -- refusals ---------------------------------------------------------------------------------------
@@ -185,25 +180,25 @@ def test_module_with_taps_beyond_the_model_is_refused(tiny_llama) -> None:
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
-        ({"backbones": ["tiny-llama", "gpt-17"]}, UnknownBackboneError, "Known names"),
-        ({"backbones": []}, ValueError, "at least one backbone"),
+        ({"backbone": "gpt-17"}, UnknownBackboneError, "Known names"),
+        ({"settings": []}, ValueError, "non-empty list"),
+        ({"settings": ["python@before_final_norm"]}, ValueError, "release's correction site only"),
+        ({"settings": ["haskell"]}, ValueError, "unknown domain"),
         ({"taps": [3, 9]}, TapIndexError, r"layers 1\.\.4"),
-        (
-            {"backbone_overrides": {"tiny-t5": {"domain_steps": 0}}},
-            ValueError,
-            r"'domain_steps' of backbone_invariance \(backbone_overrides\['tiny-t5'\]\) must be at least 1",
-        ),
-        ({"backbone_overrides": {"tiny-t5": {"eval_split": "test"}}}, ValueError, "may override only"),
+        ({"module_seeds": [0, 0]}, ValueError, "without duplicates"),
+        ({"protected_module_seeds": [7]}, ValueError, "subset of module_seeds"),
+        ({"oracle_seed": 0}, ValueError, "oracle_seed"),
         ({"bootstrap_resamples": 50}, ValueError, "at least 100"),
         ({"updates": ["protected"]}, ValueError, "must include 'plain'"),
         ({"updates": ["plain", "lora"]}, ValueError, "only"),
         ({"protect_weight": 0.0}, ValueError, "protect_weight > 0"),
         ({"ill_conditioned_fraction": 1.5}, ValueError, "ill_conditioned_fraction"),
+        ({"update_min_change": 0.0}, ValueError, "update_min_change"),
         ({"eval_split": "train"}, ValueError, "held out"),
         ({"train_split": "test"}, ValueError, "train_split"),
-        ({"train_split": "validation", "eval_split": "validation"}, ValueError, "differ from eval_split"),
         ({"finetune_split": "test"}, ValueError, "finetune_split"),
         ({"window_len": 8}, ValueError, "window_len must be at least 32"),
+        ({"eval_windows": 10**6}, CorpusTooShortError, "characters"),
     ],
 )
 def test_bad_parameters_fail_in_validate(overrides: dict, error: type, message: str) -> None:
@@ -211,36 +206,22 @@ def test_bad_parameters_fail_in_validate(overrides: dict, error: type, message: 
         claim.validate("smoke", **overrides)
 
 
-def test_diverging_update_stops_and_leaves_results_untouched(tmp_path: Path, monkeypatch) -> None:
-    previous = tmp_path / "backbone_invariance.json"
-    previous.write_text('{"earlier": "result"}')
+def test_diverging_update_stops_before_any_setting(monkeypatch) -> None:
     params = claim.validate(
-        "smoke", **{**TINY, "backbones": ["tiny-llama"], "updates": ["plain"], "finetune_steps": 4, "finetune_lr": 1e30}
+        "smoke",
+        **{**TINY, "finetune_steps": 4, "finetune_lr": 1e30, "update_seeds": [99], "protected_update_seeds": [99]},
     )
-    setup = prepare(params, "tiny-llama")
-
-    def no_more_work(*_args, **_kwargs):
-        raise AssertionError("features were extracted for a diverged update")
-
-    monkeypatch.setattr(backbone_invariance_training, "extract_features", no_more_work)
+    monkeypatch.setattr(backbone_invariance_setup, "extract_features", lambda *a, **k: pytest.fail("extracted"))
     with pytest.raises(TrainingDivergedError, match="lower the fine-tuning learning rate"):
-        train(setup)
-    assert previous.read_text() == '{"earlier": "result"}'
+        claim.prepare_shared(params)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "error", "message"),
-    [
-        ({"eval_windows": 10**6}, CorpusTooShortError, "windows"),
-        ({"prose_eval_windows": 10**6}, CorpusTooShortError, "windows"),
-    ],
-)
-def test_too_many_windows_fail_before_feature_extraction(
-    overrides: dict, error: type, message: str, monkeypatch
-) -> None:
-    def no_long_work(*_args, **_kwargs):
-        raise AssertionError("feature extraction started before the input was checked")
+def test_too_many_prose_windows_fail_before_any_update(monkeypatch) -> None:
+    monkeypatch.setattr(backbone_invariance_setup, "finetune_backbone", lambda *a, **k: pytest.fail("updated"))
+    with pytest.raises(CorpusTooShortError, match="windows"):
+        claim.prepare_shared(claim.validate("smoke", prose_eval_windows=10**6))
 
-    monkeypatch.setattr(backbone_invariance_setup, "extract_features", no_long_work)
-    with pytest.raises(error, match=message):
-        prepare(claim.validate("smoke", **overrides), "tiny-llama")
+
+def test_protected_update_seeds_must_be_update_seeds() -> None:
+    with pytest.raises(ValueError, match="protected_update_seeds"):
+        claim.validate("smoke", protected_update_seeds=[7])

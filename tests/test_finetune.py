@@ -133,6 +133,39 @@ def test_protected_update_adds_its_term_and_keeps_taps_closer(tiny_llama, window
     assert drift(protected) < drift(plain)
 
 
+def test_releases_protected_update_keeps_the_modules_hidden_state_closer(tiny_llama, windows):
+    from abi.module import ABIModule, ModuleConfig, parameter_hash
+
+    taps = (3, 4)
+    module = ABIModule(ModuleConfig(tiny_llama.d_model, len(taps), 8), seed=0).requires_grad_(False)
+    config = FinetuneConfig(
+        steps=4,
+        lr=3e-3,
+        batch_windows=2,
+        protect_weight=1e3,
+        protect_taps=taps,
+        protect_target="module",
+        protect_module_sha256=parameter_hash(module),
+    )
+    plain = finetune_backbone(tiny_llama, windows, FinetuneConfig(steps=4, lr=3e-3, batch_windows=2), cache=False)
+    protected = finetune_backbone(tiny_llama, windows, config, cache=False, protect_module=module)
+    assert protected.protect_losses[0] == 0.0 and all(v > 0 for v in protected.protect_losses[1:])
+    assert protected.backbone.identity["config"]["protect_target"] == "module"
+    assert protected.backbone.correction_site == tiny_llama.correction_site
+    ids = windows.input_ids[:4]
+    target = module.bottleneck(tiny_llama.tap_features(ids, taps).taps)
+
+    def drift(run) -> float:
+        return float((module.bottleneck(run.backbone.tap_features(ids, taps).taps) - target).pow(2).mean())
+
+    assert drift(protected) < drift(plain)
+    with pytest.raises(ValueError, match="needs protect_module"):
+        finetune_backbone(tiny_llama, windows, config, cache=False)
+    other = ABIModule(ModuleConfig(tiny_llama.d_model, len(taps), 8), seed=1)
+    with pytest.raises(ValueError, match="does not match"):
+        finetune_backbone(tiny_llama, windows, config, cache=False, protect_module=other)
+
+
 def test_encoder_decoder_update(random_ids):
     t5 = load_backbone("tiny-t5")
     before = t5.fingerprint(recompute=True)
@@ -168,6 +201,11 @@ def test_window_nll_matches_the_model_loss(tiny_llama, windows):
         ({"steps": 3, "warmup_steps": 5}, "warmup_steps"),
         ({"steps": 3, "protect_weight": 1.0}, "needs protect_taps"),
         ({"steps": 3, "protect_weight": -1.0}, "protect_weight must be >= 0"),
+        ({"steps": 3, "protect_target": "logits"}, "protect_target must be one of"),
+        (
+            {"steps": 3, "protect_weight": 1.0, "protect_taps": (1,), "protect_target": "module"},
+            "protect_module_sha256",
+        ),
     ],
 )
 def test_bad_configuration_is_rejected(kwargs: dict, message: str) -> None:

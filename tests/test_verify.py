@@ -158,7 +158,7 @@ def test_nan_in_a_result_is_a_fail_line(results_dir: Path) -> None:
 
 def test_removed_comparison_is_a_fail_line(results_dir: Path) -> None:
     path = results_dir / "backbone_invariance.json"
-    _edit(path, lambda data: data["comparisons"].pop(next(iter(data["comparisons"]))))
+    _edit(path, lambda data: data["settings"]["python"]["nll"].pop(next(iter(data["settings"]["python"]["nll"]))))
     failures = _failures(results_dir)
     result_lines = [f for f in failures if f.startswith(f"{path}:")]
     assert result_lines and any("edited after it was written" in f for f in result_lines)

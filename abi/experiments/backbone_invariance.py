@@ -1,148 +1,106 @@
 """Claim 4, backbone-update invariance: does a module trained on backbone B still help after B
 itself is updated (fine-tuned on prose) into B', applied zero-shot?
 
-Per backbone, on the same held-out code windows (files never seen in training):
+The claim runs in *settings* like claim 1: a domain at the release's correction site (after the final
+norm): ``python`` (weak regime: smollm2 already knows Python) and ``python-dialect`` (strong regime: a
+seeded dialect of the code, :mod:`abi.dialect`). In each setting, on the same held-out code windows:
 
-* ``B/raw``, ``B/module``: the backbone before the update, bare and with the module trained on it;
-* ``B/fresh``: a fresh module trained on B with another seed and the same budget: the
-  *original's* oracle (the release compared against a module on the old backbone);
-* ``<update>/raw``, ``<update>/zero_shot``, ``<update>/oracle``: the updated backbone B' bare,
-  with the old module applied unchanged, and with a fresh module trained on B' (same seed and
-  budget as ``B/fresh``): *our* oracle. ``<update>`` is ``plain`` (full fine-tune, nothing
-  protects the module: the claim as stated) or ``protected`` (the original's extra loss that keeps
-  the module's inputs, the tap states, close to B's).
+* ``B/raw``, ``B/module/<m>``: B bare and with the module of module seed ``m`` trained on it;
+* ``B/fresh``: a fresh module on B (seed ``oracle_seed``, same budget): the *original's* oracle;
+* per update arm, update seed ``u`` and module seed ``m`` (a *cell*): raw B', B' + the old module
+  zero-shot, and B' + a fresh module trained on B' (*our* oracle).
 
-**Transfer efficacy** as the release defines it, with the raw backbone being the *updated* one::
+Update arms: ``plain`` (full fine-tune on prose, nothing protects the module: the claim as stated)
+and ``protected`` (the release's: an extra MSE between the module's hidden state on B' and on B, the
+module frozen; it needs the module, so it runs for ``protected_module_seeds`` x ``protected_update_seeds``
+only). The plain update does not depend on the domain: its backbones are made once, cached, and shared by every setting.
 
-    efficacy = (ppl[B' raw] - ppl[B' + old module]) / (ppl[B' raw] - ppl[oracle])
+Efficacy formulas (both reported, see :mod:`~abi.experiments.backbone_invariance_stats`): the FAQ's
+``(raw - zero_shot) / (raw - oracle)`` and the release code's ratio of relative gains. Gates,
+intervals and verdict rules are pre-registered in the stats module's docstring.
 
-i.e. the share of an oracle's perplexity gain on B' that the old module keeps zero-shot. The release's
-numbers fit this reading: (35.22 - 25.61) / (35.22 - 32.06) = 304 %. It is computed with both
-oracles: ours (fresh module on B') and the original's (fresh module on B, whose perplexity is
-measured on B, so its denominator mixes two backbones). Perplexities are pooled over windows,
-``exp(sum NLL / sum tokens)``; intervals resample windows jointly for all conditions (paired).
+**Data.** Modules train on code windows spread over ``train_split`` (seeded, non-overlapping); the
+update trains on prose windows of ``finetune_split``; every reported number comes from the held-out
+``eval_split`` (code) and the prose test split.
 
-**Ill-conditioned** (rule fixed before any run): the denominator's 95 % interval reaches below
-``ill_conditioned_fraction`` (default 0.10) of the raw B' perplexity. Then a change of 1 % of the
-raw perplexity in the zero-shot perplexity moves the efficacy by 10 points or more, and the ratio
-says little; the release's own T5-large denominator (3.16 of 35.22, 9 %) is ill-conditioned by this rule.
-
-**Verdict** per efficacy (the release passes at 50 %): PASS when the interval's lower end is at least
-``pass_efficacy``, FAIL when its upper end is below it, else inconclusive; ill-conditioned overrides
-both. The release's single-number rule (point estimate >= 50 %) is reported beside it.
-
-**Negative flips**: positions whose next token the module predicts correctly (argmax) on B and
-no longer on B' zero-shot, as a rate over the positions the module got right on B. The same rate
-for the bare backbone (raw B right, raw B' wrong) shows how much the update alone flips.
-
-**Data.** Modules train on code windows spread over ``train_split`` (seeded, non-overlapping);
-the update trains on prose windows of ``finetune_split``; every reported number comes from the
-held-out ``eval_split`` (code) and the prose test split. For a backbone pre-trained on these very
-corpora (``t5-mini`` saw the code and prose *train* splits about 30 times), set both to
-``validation``, and ``zero_init_proj_out=True`` so that an untrained module starts as the bare
-backbone instead of a correction as large as the final hidden state.
-
-The notebook calls :func:`validate`, then per backbone ``prepare`` (in ``backbone_invariance_setup``),
-``train`` (the update arms, in ``backbone_invariance_training``) and ``evaluate`` (the evaluation
-block, in ``backbone_invariance_evaluation``), then :func:`build_result`. The summaries, verdicts
-and the release's published figures are in :mod:`~abi.experiments.backbone_invariance_stats`, the
-book's tables in :mod:`~abi.reports.backbone_invariance`.
+The notebook calls :func:`validate`, :func:`prepare_shared` (B, prose, plain updates), then per setting
+:func:`run_setting`, then :func:`build_result`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from abi.backbones import Backbone, load_backbone, resolve_backbone
-from abi.evaluate import VariantScores
-from abi.experiments.backbone_invariance_setup import params_for
+from abi.backbones import DEFAULT_CORRECTION_SITE, load_backbone, resolve_backbone
+from abi.cache_integrity import atomic_write_json
+from abi.experiments.backbone_invariance_evaluation import run_setting_block
+from abi.experiments.backbone_invariance_setup import Shared, finetune_config, module_taps, prepare, prepare_shared
 from abi.experiments.backbone_invariance_stats import PUBLISHED, derive
-from abi.experiments.backbone_invariance_training import finetune_config
-from abi.experiments.common import check_held_out_splits
-from abi.profiles import ParameterError, check_ranges, register_profiles, resolve_parameters, type_matches
-from abi.results import Stopwatch, comparison_record, result_document
+from abi.experiments.common import check_domain, check_held_out_splits, check_split_fits, domain_split, parse_setting
+from abi.paths import cache_dir
+from abi.profiles import register_profiles, resolve_parameters
+from abi.results import backbone_record, result_document
 
 CLAIM = "backbone_invariance"
 UPDATES = ("plain", "protected")
+__all__ = ["CLAIM", "build_result", "prepare_shared", "run_setting", "validate"]
 
 _CPU: dict[str, Any] = {
-    "backbones": ["smollm2-135m"],
+    "backbone": "smollm2-135m",
+    "settings": ["python", "python-dialect"],
+    "dialect_words": 200,
+    "dialect_seed": 0,
     "n_taps": 6,
     "taps": [],
     "bottleneck": 512,
     "expansion": 4,
+    "zero_init_proj_out": True,
     "window_len": 128,
-    "n_train_windows": 512,
-    "eval_windows": 128,
+    "n_train_windows": 256,
+    "eval_windows": 64,
     "eval_split": "test",
     "train_split": "train",
     "finetune_split": "train",
-    "zero_init_proj_out": False,
-    "domain_steps": 200,
+    "domain_steps": 150,
     "domain_lr": 3e-4,
     "domain_batch_windows": 4,
-    "module_seed": 0,
-    "oracle_seed": 1,
-    "updates": ["plain"],
-    "finetune_steps": 120,
-    "finetune_lr": 1e-4,
+    "module_seeds": [0, 1, 2],
+    "oracle_seed": 100,
+    "update_seeds": [0, 1, 2],
+    "updates": ["plain", "protected"],
+    "protected_module_seeds": [0],
+    # Each protected update costs a fine-tune, a feature extraction and an oracle (about 9 min on 2 cores):
+    # the cpu profile protects one update seed, the paper profile every one.
+    "protected_update_seeds": [0],
+    # Measured on smollm2 (32 held-out windows, update seed 0): 1e-3 x 20 steps raised prose ppl 33.6 -> 49.1
+    # (did not take); 3e-4 x 20 moved code ppl only +2.9 %; 3e-4 x 40 lowered prose 33.6 -> 30.2 and moved
+    # code ppl 12.25 -> 13.99 (+14 %) and dialect ppl 107.9 -> 134.6 (+25 %): it takes in both settings.
+    "finetune_steps": 40,
+    "finetune_lr": 3e-4,
     "finetune_batch_windows": 4,
     "finetune_warmup_steps": 10,
     "finetune_weight_decay": 0.0,
-    "finetune_seed": 0,
     "protect_weight": 1.0,
-    "checkpoint_every": 40,
-    "prose_eval_windows": 64,
+    "checkpoint_every": 0,
+    "prose_eval_windows": 32,
+    "update_min_change": 0.1,
     "ill_conditioned_fraction": 0.1,
     "pass_efficacy": 0.5,
     "bootstrap_resamples": 2000,
     "feature_dtype": "float32",
-    # Per-backbone values of the training parameters above, e.g. {"t5-mini": {"bottleneck": 256}}.
-    "backbone_overrides": {},
-}
-# Which parameters a backbone may override: how its module is trained and its update run; never
-# the evaluation rules (efficacy threshold, ill-conditioning), which hold for the whole claim.
-OVERRIDABLE = (
-    "n_taps",
-    "taps",
-    "bottleneck",
-    "expansion",
-    "n_train_windows",
-    "train_split",
-    "finetune_split",
-    "zero_init_proj_out",
-    "domain_steps",
-    "domain_lr",
-    "domain_batch_windows",
-    "finetune_steps",
-    "finetune_lr",
-    "finetune_batch_windows",
-    "finetune_warmup_steps",
-    "finetune_weight_decay",
-)
-# t5-mini was pre-trained by this project on the code and prose *train* splits (about 30 passes):
-# a module trained on those windows fits what the model already knows, so its module trains on
-# the code validation split instead (evaluation stays on test). Its update continues training on
-# the prose train split: the only prose it has not seen is the 8-article validation split, on
-# which fine-tuning over-fits (measured: test perplexity 222 -> 241-350). Zero-initialised
-# proj_out starts every module as the bare backbone; a smaller bottleneck and LR over-fit less
-# (measured on held-out code: bottleneck 512 -> 36.5, 256 at LR 1e-4 -> 31.8, bare 31.9).
-_T5_MINI = {
-    "train_split": "validation",
-    "finetune_split": "train",
-    "zero_init_proj_out": True,
-    "bottleneck": 256,
-    "domain_lr": 1e-4,
-    "finetune_batch_windows": 16,
 }
 
 register_profiles(
     CLAIM,
     {
-        "cpu": {**_CPU, "backbones": ["smollm2-135m", "t5-mini"], "backbone_overrides": {"t5-mini": _T5_MINI}},
+        "cpu": _CPU,
         "smoke": {
             **_CPU,
-            "backbones": ["tiny-llama", "tiny-t5"],
+            "backbone": "tiny-llama",
             "n_taps": 2,
             "bottleneck": 32,
             "window_len": 64,
@@ -150,88 +108,77 @@ register_profiles(
             "eval_windows": 16,
             "domain_steps": 10,
             "domain_lr": 1e-3,
-            "updates": ["plain", "protected"],
-            "finetune_steps": 6,
-            "finetune_lr": 1e-3,
-            "finetune_batch_windows": 2,
+            "module_seeds": [0, 1],
+            "update_seeds": [0, 1],
+            "finetune_steps": 4,
             "finetune_warmup_steps": 0,
-            "checkpoint_every": 0,
+            "finetune_batch_windows": 2,
             "prose_eval_windows": 8,
             "bootstrap_resamples": 500,
         },
         "paper": {
             **_CPU,
-            "backbones": ["t5-large", "gpt2-medium"],
-            "n_taps": 6,
-            "bottleneck": 4096,
+            "backbone": "gpt2-medium",
+            "bottleneck": 256,
             "n_train_windows": 4000,
             "eval_windows": 500,
-            "domain_steps": 2000,
-            "domain_batch_windows": 2,
-            "updates": ["plain", "protected"],
+            "domain_steps": 500,
             "finetune_steps": 1000,
             "finetune_lr": 5e-5,
             "finetune_batch_windows": 8,
             "finetune_warmup_steps": 100,
+            "finetune_weight_decay": 0.01,
             "checkpoint_every": 100,
             "prose_eval_windows": 256,
+            "protected_update_seeds": [0, 1, 2],
         },
     },
 )
 
 
-# -- parameters ----------------------------------------------------------------------------------
-def module_taps(params: dict[str, Any], backbone: Backbone) -> tuple[int, ...]:
-    """The explicit ``taps`` (checked against the model), else its last ``n_taps`` layers
-    (capped at the model's depth; the taps used are recorded in the result)."""
-    if params["taps"]:
-        return backbone.check_taps(params["taps"])
-    n_taps = min(params["n_taps"], backbone.n_layers)
-    return backbone.check_taps(range(backbone.n_layers - n_taps + 1, backbone.n_layers + 1))
-
-
-def _check_backbone_overrides(params: dict[str, Any]) -> None:
-    """Overrides name listed backbones and overridable parameters, with the type and range of the claim's."""
-    for name, values in params["backbone_overrides"].items():
-        if name not in params["backbones"]:
-            raise ParameterError(f"backbone_overrides names {name!r}, which is not in backbones {params['backbones']}.")
-        for key, value in values.items():
-            if key not in OVERRIDABLE:
-                raise ParameterError(
-                    f"backbone_overrides[{name!r}] sets {key!r}; a backbone may override only {', '.join(OVERRIDABLE)}."
-                )
-            if not type_matches(value, params[key]):
-                raise ParameterError(
-                    f"backbone_overrides[{name!r}][{key!r}] must be of type "
-                    f"{type(params[key]).__name__}, got {value!r}."
-                )
-        check_ranges(f"{CLAIM} (backbone_overrides[{name!r}])", params_for(params, name))
-
-
 def validate(profile: str, **overrides: Any) -> dict[str, Any]:
-    """Resolve and check every parameter before any long work: backbone names (each is loaded to
-    check the taps against it), overrides, splits, updates, thresholds.
-
-    Ranges common to every claim (counts, learning rates) are checked by ``resolve_parameters``.
-    """
+    """Resolve and check every parameter before any long work: backbone, settings, seeds, splits,
+    updates, thresholds. Ranges common to every claim are checked by ``resolve_parameters``."""
     params = resolve_parameters(CLAIM, profile, **overrides)
-    names = params["backbones"]
-    if not names:
-        raise ValueError("backbones must list at least one backbone, e.g. ['smollm2-135m'].")
-    if len(set(names)) != len(names):
-        raise ValueError(f"backbones {names} contain duplicates; list each once.")
-    for name in names:
-        resolve_backbone(name)
-    _check_backbone_overrides(params)
-    for name in names:
-        _check_training(params_for(params, name))
-    params["module_taps"] = {name: list(module_taps(params_for(params, name), load_backbone(name))) for name in names}
+    resolve_backbone(params["backbone"])
+    settings = params["settings"]
+    if not settings or len(set(settings)) != len(settings):
+        raise ValueError(
+            f"settings must be a non-empty list without duplicates, got {settings!r}; e.g. {_CPU['settings']!r}."
+        )
+    for name in settings:
+        domain, site = parse_setting(name)
+        check_domain(domain, params["dialect_words"])
+        if site != DEFAULT_CORRECTION_SITE:
+            raise ValueError(
+                f"setting {name!r}: claim 4 runs at the release's correction site only ({DEFAULT_CORRECTION_SITE}); "
+                "drop the '@' part."
+            )
+    for key in ("module_seeds", "update_seeds"):
+        seeds = params[key]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{key} must be a non-empty list of distinct seeds, got {seeds!r}.")
+    if not set(params["protected_module_seeds"]) <= set(params["module_seeds"]) or not params["protected_module_seeds"]:
+        raise ValueError(
+            f"protected_module_seeds {params['protected_module_seeds']} must be a non-empty subset of module_seeds "
+            f"{params['module_seeds']}."
+        )
+    if not set(params["protected_update_seeds"]) <= set(params["update_seeds"]) or not params["protected_update_seeds"]:
+        raise ValueError(
+            f"protected_update_seeds {params['protected_update_seeds']} must be a non-empty subset of update_seeds "
+            f"{params['update_seeds']}."
+        )
+    if params["oracle_seed"] in params["module_seeds"]:
+        raise ValueError(f"oracle_seed {params['oracle_seed']} must differ from every module seed (a fresh module).")
+    _check_training(params)
+    _check_domains_fit(params)
+    params["module_taps"] = list(module_taps(params, load_backbone(params["backbone"])))
     params["bootstrap"] = {"n_resamples": params["bootstrap_resamples"], "seed": 0}
     return params
 
 
 def _check_training(params: dict[str, Any]) -> None:
-    """The claim's own checks of the parameters one backbone runs with."""
+    """The claim's own checks of the update and evaluation parameters."""
     if params["bootstrap_resamples"] < 100:
         raise ValueError(f"bootstrap_resamples must be at least 100, got {params['bootstrap_resamples']}.")
     if params["window_len"] < 32:
@@ -242,46 +189,86 @@ def _check_training(params: dict[str, Any]) -> None:
             f"finetune_split must be 'train' or 'validation' (the prose test split measures the "
             f"update), got {params['finetune_split']!r}."
         )
-    if not params["updates"] or "plain" not in params["updates"] or set(params["updates"]) - set(UPDATES):
+    updates = params["updates"]
+    if not updates or "plain" not in updates or set(updates) - set(UPDATES) or len(set(updates)) != len(updates):
         raise ValueError(
-            f"updates must include 'plain' (the unprotected update) and only {list(UPDATES)}, got {params['updates']}."
+            f"updates must include 'plain' (the unprotected update) and only {list(UPDATES)}, each once, got {updates}."
         )
-    if len(set(params["updates"])) != len(params["updates"]):
-        raise ValueError(f"updates {params['updates']} contain duplicates.")
-    if "protected" in params["updates"] and not params["protect_weight"] > 0:
+    if "protected" in updates and not params["protect_weight"] > 0:
         raise ValueError(f"the protected update needs protect_weight > 0, got {params['protect_weight']}.")
-    if not 0 < params["ill_conditioned_fraction"] < 1:
-        raise ValueError(f"ill_conditioned_fraction must lie in (0, 1), got {params['ill_conditioned_fraction']}.")
+    for name in ("ill_conditioned_fraction", "update_min_change"):
+        if not 0 < params[name] < 1:
+            raise ValueError(f"{name} must lie in (0, 1), got {params[name]}.")
     if params["checkpoint_every"] < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {params['checkpoint_every']}.")
-    for update in params["updates"]:
-        finetune_config(params, update, (1,))  # warm-up within the steps, weight decay: FinetuneConfig checks them
+    finetune_config(params, "protected", 0, (1,), "0" * 64)  # warm-up within the steps: FinetuneConfig checks
 
 
-# -- result ------------------------------------------------------------------------------------------
-def build_result(
-    params: dict[str, Any], blocks: dict[str, dict[str, Any]], watch: Stopwatch | None = None
-) -> dict[str, Any]:
-    """The result file's content: parameters, provenance, one raw block per backbone, summaries."""
-    blocks = {name: dict(block) for name, block in blocks.items()}  # the caller's blocks stay as they are
-    comparisons = {}
-    for name, block in blocks.items():
-        for key, record in block.pop("nib").items():
-            scores = VariantScores(
-                per_window=record["per_window"], nll_sum=record["nll_sum"], n_tokens=block["windows"]["n_tokens"]
-            )
-            comparisons[f"{name}/{key}"] = comparison_record(
-                scores, params["bootstrap"], record["reference"], candidate=record["candidate"]
-            )
-    timings = {f"{name}/{k}": v for name, block in blocks.items() for k, v in block.pop("timings").items()}
+def _check_domains_fit(params: dict[str, Any]) -> None:
+    """Every setting's domain text can hold its windows (checked on characters, before any model loads)."""
+    needs = {
+        params["train_split"]: params["n_train_windows"] * params["window_len"],
+        params["eval_split"]: params["eval_windows"] * params["window_len"],
+    }
+    for domain in dict.fromkeys(parse_setting(name)[0] for name in params["settings"]):
+        _, split = domain_split("file", domain, params["dialect_words"], params["dialect_seed"])
+        check_split_fits(split, needs, domain)
+
+
+# -- one setting, kept on disk once finished -------------------------------------------------------------
+@dataclass
+class SettingRun:
+    """One finished setting: its raw record and what the result's header needs."""
+
+    record: dict[str, Any]
+
+
+def _library_digest() -> str:
+    """sha256 over every source file of the library: any code change invalidates a kept setting."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _finished_setting_path(params: dict[str, Any], setting: str) -> Path:
+    key = hashlib.sha256(
+        json.dumps(
+            {"params": params, "setting": setting, "library": _library_digest()}, sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:24]
+    return cache_dir() / "runs" / CLAIM / f"{key}.json"
+
+
+def run_setting(shared: Shared, setting: str, resume: bool = True) -> SettingRun:
+    """Prepare, train and score one setting; a finished setting is kept on disk and resumed (same
+    parameters and code only); ``resume=False`` recomputes it."""
+    path = _finished_setting_path(shared.params, setting)
+    if resume and path.is_file():
+        try:
+            record = json.loads(path.read_text())["record"]
+            print(f"{setting}: resumed from the finished run kept in {path.parent.name}/{path.name}")
+            return SettingRun(record)
+        except (OSError, ValueError, KeyError) as error:
+            print(f"{setting}: the kept run {path.name} is unreadable ({error}); running the setting again")
+    record = run_setting_block(prepare(shared, setting))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"record": record}, indent=None)
+    return SettingRun(record)
+
+
+def build_result(shared: Shared, runs: dict[str, SettingRun]) -> dict[str, Any]:
+    """The result file's content: parameters, provenance, every setting's raw values, then what is derived."""
+    params = shared.params
     result = result_document(
         CLAIM,
         params,
-        timings=timings,
-        resources=(watch or Stopwatch()).resources(),
+        backbone=backbone_record(shared.backbone, shared.fingerprint_before),
+        timings={"shared": shared.watch.timings, **{name: run.record["timings"] for name, run in runs.items()}},
         published=PUBLISHED,
-        backbones=blocks,
-        comparisons=comparisons,
+        settings={name: {k: v for k, v in run.record.items() if k != "timings"} for name, run in runs.items()},
     )
     result.update(derive(result))
     return result

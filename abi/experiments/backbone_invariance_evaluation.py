@@ -1,25 +1,29 @@
-"""Claim 4, the evaluation block: every condition scored on the same held-out code windows, batch by
-batch, into one backbone's raw result block (per-window NLL, argmax hits, flips, NIB of B' against
-B); ``backbone_invariance_stats`` derives every summary from it.
+"""Claim 4, one setting end to end: modules on B, every updated backbone B' scored as soon as it exists
+(its features, our oracle, raw / zero-shot / oracle NLL and flips on the same held-out windows), then
+the setting's raw record; ``backbone_invariance_stats`` derives every summary from it.
+
+One B' is held in memory at a time (besides the shared plain updates), so the protected arm, which has
+one B' per update seed and module seed, does not multiply the memory needed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
+from abi.backbones import Backbone
+from abi.evaluate import score_variants
 from abi.experiments.backbone_invariance_setup import Setup
-from abi.experiments.backbone_invariance_stats import CONDITION_LABELS
-from abi.experiments.backbone_invariance_training import Trained
-from abi.features import IGNORE_INDEX
-from abi.finetune import token_nll
-from abi.module import count_parameters
-from abi.nib import nib_position_metrics, per_window_metrics
-from abi.progress import tqdm
-from abi.results import backbone_record
+from abi.experiments.backbone_invariance_training import check_zero_shot, domain_module, module_record, protected_update
+from abi.experiments.common import parse_setting
+from abi.features import IGNORE_INDEX, FeatureSet, extract_features
+from abi.finetune import FinetuneRun, token_nll, window_nll
+from abi.module import ABIModule, count_parameters
+from abi.results import comparison_record
 from abi.train import module_logits
+
+BATCH_WINDOWS = 4
 
 
 def _window_nll(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
@@ -30,115 +34,137 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == labels) & (labels != IGNORE_INDEX)
 
 
-class _Collector:
-    """Per-window raw values, appended batch by batch."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, dict[str, list]] = {}
-
-    def add(self, group: str, name: str, values: list) -> None:
-        self.values.setdefault(group, {}).setdefault(name, []).extend(values)
-
-
 @torch.no_grad()
-def evaluate(setup: Setup, trained: Trained, batch_windows: int = 4) -> dict[str, Any]:
-    """Score every condition on the same held-out windows; returns the backbone's raw result block."""
-    base, skip = setup.backbone, setup.protocol.skip
-    collected = _Collector()
-    nib: dict[str, dict[str, Any]] = {}
-    mask_row = torch.arange(setup.code_eval.seq_len) >= skip
-    batches = zip(
-        setup.held_out.iter_batches(batch_windows),
-        *(arm.held_out.iter_batches(batch_windows) for arm in trained.updates.values()),
-    )
-    with setup.watch.time("evaluation"):
-        for (_, taps, final, labels), *updated in tqdm(
-            batches, total=-(-len(setup.held_out) // batch_windows), desc=f"scoring ({base.name})", unit="batch"
-        ):
-            collected.add("windows", "n_tokens", (labels != IGNORE_INDEX).sum(dim=1).tolist())
-            logits = {
-                "B/raw": module_logits(base, None, taps, final),
-                "B/module": module_logits(base, trained.module, taps, final),
-                "B/fresh": module_logits(base, trained.fresh, taps, final),
-            }
-            correct = {name: _correct(logits[name], labels) for name in ("B/raw", "B/module")}
-            for name in ("B/raw", "B/module"):
-                collected.add("correct", name, correct[name].sum(dim=1).tolist())
-            mask = mask_row.expand(labels.shape[0], -1)
-            for (update, arm), (_, updated_taps, updated_final, updated_labels) in zip(
-                trained.updates.items(), updated
-            ):
-                if not torch.equal(updated_labels, labels):
-                    raise RuntimeError("B and B' features are not aligned on the same windows.")
-                updated_backbone = arm.run.backbone
-                logits[f"{update}/raw"] = module_logits(updated_backbone, None, updated_taps, updated_final)
-                logits[f"{update}/zero_shot"] = module_logits(
-                    updated_backbone, trained.module, updated_taps, updated_final
-                )
-                logits[f"{update}/oracle"] = module_logits(updated_backbone, arm.oracle, updated_taps, updated_final)
-                for kind, before, after in (
-                    ("module", "B/module", f"{update}/zero_shot"),
-                    ("raw", "B/raw", f"{update}/raw"),
-                ):
-                    right_after = _correct(logits[after], labels)
-                    collected.add(
-                        "negative_flips", f"{update}/{kind}", (correct[before] & ~right_after).sum(1).tolist()
-                    )
-                    valid = labels != IGNORE_INDEX
-                    collected.add(
-                        "positive_flips", f"{update}/{kind}", (~correct[before] & valid & right_after).sum(1).tolist()
-                    )
-                    metrics = per_window_metrics(nib_position_metrics(logits[before], logits[after], mask), mask)
-                    record = nib.setdefault(
-                        f"{update}/{kind}",
-                        {"reference": CONDITION_LABELS[before], "candidate": after, "per_window": {}, "nll_sum": []},
-                    )
-                    for key, values in metrics.items():
-                        record["per_window"].setdefault(key, []).extend(np.asarray(values).tolist())
-            for name, value in logits.items():
-                collected.add("nll", name, _window_nll(value, labels))
-    for record in nib.values():
-        record["nll_sum"] = collected.values["nll"][record["candidate"]]
-    return _block(setup, trained, collected.values, nib)
+def _score(
+    backbone: Backbone, features: FeatureSet, modules: dict[str, ABIModule | None]
+) -> tuple[dict[str, list[float]], dict[str, list[torch.Tensor]]]:
+    """Per-window NLL of every named condition and its per-position argmax hits, batch by batch."""
+    nll: dict[str, list[float]] = {name: [] for name in modules}
+    hits: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    for _, taps, final, labels in features.iter_batches(BATCH_WINDOWS):
+        for name, module in modules.items():
+            logits = module_logits(backbone, module, taps, final)
+            nll[name].extend(_window_nll(logits, labels))
+            hits[name].append(_correct(logits, labels))
+    return nll, hits
 
 
-def _block(setup: Setup, trained: Trained, values: dict[str, dict[str, list]], nib: dict) -> dict[str, Any]:
-    """The backbone's raw result block; refuses the run if B's weights changed."""
-    windows = values["windows"]
+def _n_tokens(features: FeatureSet) -> list[int]:
+    return [
+        int(n) for *_, labels in features.iter_batches(BATCH_WINDOWS) for n in (labels != IGNORE_INDEX).sum(1).tolist()
+    ]
+
+
+def _flips(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[int]:
+    """Per window: positions right before and wrong after (negative flips)."""
+    return [int(n) for b, a in zip(before, after) for n in (b & ~a).sum(dim=1).tolist()]
+
+
+def _updated_features(setup: Setup, updated: Backbone) -> tuple[FeatureSet, FeatureSet]:
+    params, taps = setup.params, setup.shared.taps
+    with setup.watch.time("extract_features_updated"):
+        train = extract_features(updated, setup.code_train, taps, dtype=params["feature_dtype"], desc="B' train")
+        held_out = extract_features(updated, setup.code_eval, taps, dtype=params["feature_dtype"], desc="B' held_out")
+    return train, held_out
+
+
+def _update_record(run: FinetuneRun) -> dict[str, Any]:
     return {
-        "backbone": backbone_record(setup.backbone, setup.fingerprint_before),
-        "taps": list(setup.taps),
-        "window_layout": setup.protocol.to_dict(),
-        "module": {"config": trained.module.config.to_dict(), "parameters": count_parameters(trained.module)},
-        "data": {
-            "code": setup.code.identity,
-            "prose": setup.prose.identity,
-            "code_eval_sha256": setup.code_eval.content_hash(),
-            "prose_eval_sha256": setup.prose_eval.content_hash(),
-            "prose_train_windows": len(setup.prose_train),
+        "backbone": {**run.backbone.describe(), "fingerprint": run.backbone.fingerprint()},
+        "config": run.config.to_dict(),
+        "key": run.key,
+        "from_cache": run.from_cache,
+        "log": run.log(),
+    }
+
+
+def run_cells(
+    setup: Setup, run: FinetuneRun, modules: dict[int, ABIModule], hits_b: dict[str, list[torch.Tensor]], label: str
+) -> dict[str, Any]:
+    """Score one B': raw, each module zero-shot, our oracle; negative flips against B."""
+    updated = run.backbone
+    for module in modules.values():
+        check_zero_shot(module_record(module, setup.shared.taps, setup.shared.backbone), updated)
+    train, held_out = _updated_features(setup, updated)
+    with setup.watch.time("oracle"):
+        oracle, losses = domain_module(setup, train, updated, setup.params["oracle_seed"], f"fresh module on {label}")
+    conditions: dict[str, ABIModule | None] = {"raw": None, "oracle": oracle}
+    conditions.update({f"zero_shot/{m}": module for m, module in modules.items()})
+    with setup.watch.time("evaluation"):
+        nll, hits = _score(updated, held_out, conditions)
+    cells, flips = {}, {}
+    for m in modules:
+        cells[m] = {"raw": nll["raw"], "zero_shot": nll[f"zero_shot/{m}"], "oracle": nll["oracle"]}
+        flips[m] = {
+            "module": _flips(hits_b[f"B/module/{m}"], hits[f"zero_shot/{m}"]),
+            "raw": _flips(hits_b["B/raw"], hits["raw"]),
+        }
+    return {"cells": cells, "flips": flips, "oracle_losses": losses}
+
+
+def run_setting_block(setup: Setup) -> dict[str, Any]:
+    """Modules on B, the bare-backbone NIB against each, every update arm's cells; the raw record."""
+    shared, params, watch = setup.shared, setup.params, setup.watch
+    base = shared.backbone
+    losses: dict[str, list[float]] = {}
+    modules: dict[int, ABIModule] = {}
+    with watch.time("modules_on_B"):
+        for m in params["module_seeds"]:
+            modules[m], losses[f"B/module/{m}"] = domain_module(setup, setup.train, base, m, f"module {m} on B")
+        fresh, losses["B/fresh"] = domain_module(setup, setup.train, base, params["oracle_seed"], "fresh module on B")
+    with watch.time("evaluation"):
+        conditions: dict[str, ABIModule | None] = {"B/raw": None, "B/fresh": fresh}
+        conditions.update({f"B/module/{m}": module for m, module in modules.items()})
+        nll, hits_b = _score(base, setup.held_out, conditions)
+        comparisons = {}
+        for m, module in modules.items():
+            _, scores = score_variants(
+                base, setup.held_out, module, {"no_module": None}, shared.protocol.skip, desc=f"bare B vs module {m}"
+            )
+            comparisons[f"no_module/{m}"] = comparison_record(
+                scores["no_module"], params["bootstrap"], f"B + module {m}"
+            )
+    cells: dict[str, dict[str, Any]] = {arm: {} for arm in params["updates"]}
+    flips: dict[str, dict[str, Any]] = {arm: {} for arm in params["updates"]}
+    updates: dict[str, Any] = {}
+    prose_nll = {k: v for k, v in shared.prose_nll.items() if k == "B" or k.startswith("plain/")}
+    for u, run in shared.plain.items():
+        scored = run_cells(setup, run, modules, hits_b, f"plain update {u}")
+        for m in modules:
+            cells["plain"][f"{u}/{m}"] = scored["cells"][m]
+            flips["plain"][f"{u}/{m}"] = scored["flips"][m]
+        losses[f"plain/{u}/oracle"] = scored["oracle_losses"]
+        updates[f"plain/{u}"] = _update_record(run)
+    if "protected" in params["updates"]:
+        for u in params["protected_update_seeds"]:
+            for m in params["protected_module_seeds"]:
+                with watch.time("protected/finetune"):
+                    run = protected_update(setup, modules[m], u, m)
+                scored = run_cells(setup, run, {m: modules[m]}, hits_b, f"protected update {u}/{m}")
+                cells["protected"][f"{u}/{m}"] = scored["cells"][m]
+                flips["protected"][f"{u}/{m}"] = scored["flips"][m]
+                losses[f"protected/{u}/{m}/oracle"] = scored["oracle_losses"]
+                updates[f"protected/{u}/{m}"] = _update_record(run)
+                with watch.time("prose_perplexity"):
+                    prose_nll[f"protected/{u}/{m}"], _ = window_nll(run.backbone, shared.prose_eval, desc="prose")
+    domain, site = parse_setting(setup.setting)
+    return {
+        "domain": domain,
+        "correction_site": site,
+        "module_seeds": list(params["module_seeds"]),
+        "data": {"code": setup.code.identity, "code_eval_sha256": setup.code_eval.content_hash()},
+        "windows": {"n_tokens": _n_tokens(setup.held_out)},
+        "nll": nll,
+        "correct": {name: [int(n) for h in hits for n in h.sum(dim=1).tolist()] for name, hits in hits_b.items()},
+        "cells": cells,
+        "flips": flips,
+        "prose": {"n_tokens": shared.prose_tokens, "nll": prose_nll},
+        "comparisons": comparisons,
+        "updates": updates,
+        "module": {
+            "config": modules[params["module_seeds"][0]].config.to_dict(),
+            "parameters": count_parameters(fresh),
         },
-        "updates": {
-            update: {
-                "backbone": {**arm.run.backbone.describe(), "fingerprint": arm.run.backbone.fingerprint()},
-                "config": arm.run.config.to_dict(),
-                "key": arm.run.key,
-                "from_cache": arm.run.from_cache,
-                "log": arm.run.log(),
-            }
-            for update, arm in trained.updates.items()
-        },
-        "windows": {
-            "n_tokens": windows["n_tokens"],
-            "nll": values["nll"],
-            "correct": values["correct"],
-            "negative_flips": values["negative_flips"],
-            "positive_flips": values["positive_flips"],
-        },
-        "prose": {
-            "n_tokens": trained.prose_tokens,
-            "nll": {"B": trained.prose_nll_before, **{u: a.prose_nll for u, a in trained.updates.items()}},
-        },
-        "nib": nib,
-        "training": trained.losses,
-        "timings": setup.watch.timings,
+        "training": losses,
+        "timings": watch.timings,
     }

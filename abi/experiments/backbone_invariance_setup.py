@@ -1,9 +1,11 @@
-"""Claim 4, set-up of one backbone B: its parameters, code and prose windows, and B's cached features.
+"""Claim 4, set-up: what every setting shares (the backbone B at the release's correction site, prose
+windows, B's prose NLL, the plain updates) and what one setting prepares (its domain's code windows
+and B's cached features).
 
-Module training windows are spread over the whole code train split (seeded, non-overlapping):
-windows tiled from its start cover only the first packages in path order, and a module trained on
-them does not improve held-out code at all. The update trains on prose windows tiled over
-``finetune_split``; every reported number comes from held-out code and the prose test split.
+The plain update is a prose fine-tune: it does not depend on the domain, so its updated backbones are
+made once (and cached on disk by :mod:`abi.finetune`) and shared by every setting. Module training
+windows are spread over the whole code train split (seeded, non-overlapping); every reported number
+comes from held-out code windows and the prose test split.
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ from typing import Any
 import numpy as np
 
 from abi.backbones import Backbone, load_backbone
-from abi.experiments.common import CorpusStreams, load_streams, make_windows, spread_starts
+from abi.experiments.common import CorpusStreams, load_streams, make_windows, parse_setting, spread_starts
 from abi.features import FeatureSet, Windows, extract_features
-from abi.finetune import ProseStreams, load_prose_streams
+from abi.finetune import FinetuneConfig, FinetuneRun, ProseStreams, finetune_backbone, load_prose_streams, window_nll
 from abi.nib import NIBProtocol, get_protocol
 from abi.results import Stopwatch
-
-
-def params_for(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """The parameters one backbone runs with: the claim's, with that backbone's overrides applied."""
-    return {**params, **params["backbone_overrides"].get(name, {})}
 
 
 def window_protocol(backbone: Backbone, window_len: int) -> NIBProtocol:
@@ -35,38 +32,130 @@ def window_protocol(backbone: Backbone, window_len: int) -> NIBProtocol:
     return get_protocol("faq").with_overrides(window_len=window_len)
 
 
+def module_taps(params: dict[str, Any], backbone: Backbone) -> tuple[int, ...]:
+    """The explicit ``taps`` (checked against the model), else its last ``n_taps`` layers."""
+    if params["taps"]:
+        return backbone.check_taps(params["taps"])
+    n_taps = min(params["n_taps"], backbone.n_layers)
+    return backbone.check_taps(range(backbone.n_layers - n_taps + 1, backbone.n_layers + 1))
+
+
+def finetune_config(
+    params: dict[str, Any], arm: str, seed: int, taps: tuple[int, ...], module_sha: str = ""
+) -> FinetuneConfig:
+    """The update's settings; the protected arm adds the release's stability term on the module's hidden state."""
+    protected = arm == "protected"
+    return FinetuneConfig(
+        steps=params["finetune_steps"],
+        lr=params["finetune_lr"],
+        batch_windows=params["finetune_batch_windows"],
+        weight_decay=params["finetune_weight_decay"],
+        warmup_steps=params["finetune_warmup_steps"],
+        seed=seed,
+        protect_weight=params["protect_weight"] if protected else 0.0,
+        protect_taps=taps if protected else (),
+        protect_target="module",
+        protect_module_sha256=module_sha if protected else "",
+    )
+
+
 @dataclass
-class Setup:
-    """One backbone's data, windows and cached features on B."""
+class Shared:
+    """What every setting shares: B, its taps and window layout, prose windows and NLL, the plain updates."""
 
     params: dict[str, Any]
     backbone: Backbone
     taps: tuple[int, ...]
     protocol: NIBProtocol
-    code: CorpusStreams
     prose: ProseStreams
-    code_train: Windows
-    code_eval: Windows
     prose_train: Windows
     prose_eval: Windows
-    train: FeatureSet
-    held_out: FeatureSet
+    prose_nll: dict[str, list[float]]
+    prose_tokens: list[int]
+    plain: dict[int, FinetuneRun]
     fingerprint_before: str
     watch: Stopwatch = field(default_factory=Stopwatch)
 
 
-def prepare(params: dict[str, Any], name: str) -> Setup:
-    """Load B, cut code and prose windows (checked for size before any work), cache B's features."""
-    params = params_for(params, name)
+def prepare_shared(params: dict[str, Any]) -> Shared:
+    """Load B at the release's correction site, cut prose windows, run (or load) the plain updates."""
     watch = Stopwatch()
     with watch.time("load_backbone"):
-        backbone = load_backbone(name)
-    taps = backbone.check_taps(params["module_taps"][name])
+        backbone = load_backbone(params["backbone"])  # the release's correction site, after the final norm
+    taps = module_taps(params, backbone)
     protocol = window_protocol(backbone, params["window_len"])
     fingerprint_before = backbone.fingerprint(recompute=True)
-    with watch.time("tokenize"):
-        code = load_streams(backbone)
+    with watch.time("tokenize_prose"):
         prose = load_prose_streams(backbone)
+    span = protocol.span
+    stream = prose.streams[params["finetune_split"]]
+    prose_train = make_windows(backbone, stream, np.arange(len(stream) // span) * span, protocol, params["window_len"])
+    test = prose.streams["test"]
+    prose_eval = make_windows(
+        backbone,
+        test,
+        spread_starts(len(test), span, params["prose_eval_windows"], protocol.seed),
+        protocol,
+        params["window_len"],
+    )
+    with watch.time("prose_perplexity"):
+        nll, tokens = window_nll(backbone, prose_eval, desc="prose before the update")
+    prose_nll, plain = {"B": nll}, {}
+    for seed in params["update_seeds"]:
+        with watch.time("plain/finetune"):
+            plain[seed] = finetune_backbone(
+                backbone,
+                prose_train,
+                finetune_config(params, "plain", seed, taps),
+                data=prose.identity,
+                checkpoint_every=params["checkpoint_every"],
+                desc=f"plain update, seed {seed}",
+            )
+        with watch.time("prose_perplexity"):
+            prose_nll[f"plain/{seed}"], _ = window_nll(
+                plain[seed].backbone, prose_eval, desc=f"prose after update {seed}"
+            )
+    return Shared(
+        params=params,
+        backbone=backbone,
+        taps=taps,
+        protocol=protocol,
+        prose=prose,
+        prose_train=prose_train,
+        prose_eval=prose_eval,
+        prose_nll=prose_nll,
+        prose_tokens=tokens,
+        plain=plain,
+        fingerprint_before=fingerprint_before,
+        watch=watch,
+    )
+
+
+@dataclass
+class Setup:
+    """One setting: its domain's code windows and B's cached features on them."""
+
+    shared: Shared
+    setting: str
+    code: CorpusStreams
+    code_train: Windows
+    code_eval: Windows
+    train: FeatureSet
+    held_out: FeatureSet
+    watch: Stopwatch = field(default_factory=Stopwatch)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.shared.params
+
+
+def prepare(shared: Shared, setting: str) -> Setup:
+    """Tokenize the setting's domain, cut its windows, cache B's tap features on them."""
+    params, backbone, protocol = shared.params, shared.backbone, shared.protocol
+    watch = Stopwatch()
+    domain, _ = parse_setting(setting)
+    with watch.time("tokenize"):
+        code = load_streams(backbone, "file", domain, params["dialect_words"], params["dialect_seed"])
     span, window_len = protocol.span, params["window_len"]
 
     def spread(stream: np.ndarray, n_windows: int, seed: int) -> Windows:
@@ -74,27 +163,11 @@ def prepare(params: dict[str, Any], name: str) -> Setup:
 
     code_eval = spread(code.streams[params["eval_split"]], params["eval_windows"], protocol.seed)
     code_train = spread(code.streams[params["train_split"]], params["n_train_windows"], protocol.seed + 1)
-    prose_stream = prose.streams[params["finetune_split"]]
-    prose_train = make_windows(
-        backbone, prose_stream, np.arange(len(prose_stream) // span) * span, protocol, window_len
-    )
-    prose_eval = spread(prose.streams["test"], params["prose_eval_windows"], protocol.seed)
     with watch.time("extract_features"):
-        train = extract_features(backbone, code_train, taps, dtype=params["feature_dtype"], desc="train")
-        held_out = extract_features(backbone, code_eval, taps, dtype=params["feature_dtype"], desc="held_out")
-    return Setup(
-        params=params,
-        backbone=backbone,
-        taps=taps,
-        protocol=protocol,
-        code=code,
-        prose=prose,
-        code_train=code_train,
-        code_eval=code_eval,
-        prose_train=prose_train,
-        prose_eval=prose_eval,
-        train=train,
-        held_out=held_out,
-        fingerprint_before=fingerprint_before,
-        watch=watch,
-    )
+        train = extract_features(
+            backbone, code_train, shared.taps, dtype=params["feature_dtype"], desc=f"{setting}: train"
+        )
+        held_out = extract_features(
+            backbone, code_eval, shared.taps, dtype=params["feature_dtype"], desc=f"{setting}: held_out"
+        )
+    return Setup(shared, setting, code, code_train, code_eval, train, held_out, watch)

@@ -1,34 +1,17 @@
-"""Claim 4, the update arms: the module and the original's oracle on B, then per update the updated
-backbone B', the refusal rule for a zero-shot application, and our oracle (a fresh module on B').
+"""Claim 4, training: modules on B (the module seeds and the original's oracle), the protected updates
+(the release's stability term needs the module, so they are made per module seed), the refusal rule for
+a zero-shot application, and our oracle (a fresh module on each B').
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from abi.backbones import Backbone
 from abi.checkpoints import CheckpointError, ModuleRecord, backbone_facts, check_fits
-from abi.experiments.backbone_invariance_setup import Setup
+from abi.experiments.backbone_invariance_setup import Setup, finetune_config
 from abi.experiments.common import frozen_domain_module, untrained_module
-from abi.features import FeatureSet, extract_features
-from abi.finetune import FinetuneConfig, FinetuneRun, finetune_backbone, window_nll
+from abi.features import FeatureSet
+from abi.finetune import FinetuneRun, finetune_backbone
 from abi.module import ABIModule, ModuleConfig, parameter_hash
-
-
-def finetune_config(params: dict[str, Any], update: str, taps: tuple[int, ...]) -> FinetuneConfig:
-    """The update's settings; the protected update also keeps the module's tap states close to B's."""
-    protected = update == "protected"
-    return FinetuneConfig(
-        steps=params["finetune_steps"],
-        lr=params["finetune_lr"],
-        batch_windows=params["finetune_batch_windows"],
-        weight_decay=params["finetune_weight_decay"],
-        warmup_steps=params["finetune_warmup_steps"],
-        seed=params["finetune_seed"],
-        protect_weight=params["protect_weight"] if protected else 0.0,
-        protect_taps=taps if protected else (),
-    )
 
 
 # -- the refusal rule ------------------------------------------------------------------------------
@@ -61,86 +44,33 @@ def check_zero_shot(record: ModuleRecord, updated: Backbone) -> None:
 
 
 # -- training ---------------------------------------------------------------------------------------
-@dataclass
-class UpdateArm:
-    """One updated backbone B' with its features, its fresh (oracle) module and its prose NLL."""
-
-    run: FinetuneRun
-    held_out: FeatureSet
-    oracle: ABIModule
-    prose_nll: list[float]
-    oracle_losses: list[float]
-
-
-@dataclass
-class Trained:
-    """Every module of one backbone, each update B', and the prose NLL before the updates."""
-
-    module: ABIModule
-    fresh: ABIModule
-    prose_nll_before: list[float]
-    prose_tokens: list[int]
-    updates: dict[str, UpdateArm]
-    losses: dict[str, list[float]]
-
-
 def domain_module(
     setup: Setup, features: FeatureSet, backbone: Backbone, seed: int, label: str
 ) -> tuple[ABIModule, list[float]]:
     """A new module trained by the domain stage on ``backbone``, then frozen; and its per-step losses."""
     params = setup.params
     config = ModuleConfig(
-        d_model=backbone.d_model, n_taps=len(setup.taps), bottleneck=params["bottleneck"], expansion=params["expansion"]
+        d_model=backbone.d_model,
+        n_taps=len(setup.shared.taps),
+        bottleneck=params["bottleneck"],
+        expansion=params["expansion"],
     )
     module = untrained_module(config, seed, params["zero_init_proj_out"])
-    return frozen_domain_module(module, backbone, features, params, params["domain_steps"], seed, label)
+    return frozen_domain_module(
+        module, backbone, features, params, params["domain_steps"], seed, f"{setup.setting}: {label}"
+    )
 
 
-def train(setup: Setup) -> Trained:
-    """Module and original's oracle on B; each update B'; zero-shot check; our oracle on B'."""
-    params, watch, base = setup.params, setup.watch, setup.backbone
-    with watch.time("modules_on_B"):
-        module, module_losses = domain_module(setup, setup.train, base, params["module_seed"], "module on B")
-        fresh, fresh_losses = domain_module(setup, setup.train, base, params["oracle_seed"], "fresh module on B")
-    losses = {"B/module": module_losses, "B/fresh": fresh_losses}
-    with watch.time("prose_perplexity"):
-        prose_before, prose_tokens = window_nll(base, setup.prose_eval, desc="prose before the update")
-    record = module_record(module, setup.taps, base)
-    updates: dict[str, UpdateArm] = {}
-    for update in params["updates"]:
-        with watch.time(f"{update}/finetune"):
-            run = finetune_backbone(
-                base,
-                setup.prose_train,
-                finetune_config(params, update, setup.taps),
-                data=setup.prose.identity,
-                checkpoint_every=params["checkpoint_every"],
-                desc=f"{update} update",
-            )
-        updated = run.backbone
-        check_zero_shot(record, updated)
-        with watch.time(f"{update}/extract_features"):
-            train_updated = extract_features(
-                updated, setup.code_train, setup.taps, dtype=params["feature_dtype"], desc="train"
-            )
-            held_out_updated = extract_features(
-                updated, setup.code_eval, setup.taps, dtype=params["feature_dtype"], desc="held_out"
-            )
-        with watch.time(f"{update}/oracle"):
-            oracle, oracle_losses = domain_module(
-                setup, train_updated, updated, params["oracle_seed"], f"fresh module on {update}"
-            )
-        with watch.time("prose_perplexity"):
-            prose_after, _ = window_nll(updated, setup.prose_eval, desc=f"prose after the {update} update")
-        updates[update] = UpdateArm(
-            run=run, held_out=held_out_updated, oracle=oracle, prose_nll=prose_after, oracle_losses=oracle_losses
-        )
-        losses[f"{update}/oracle"] = oracle_losses
-    return Trained(
-        module=module,
-        fresh=fresh,
-        prose_nll_before=prose_before,
-        prose_tokens=prose_tokens,
-        updates=updates,
-        losses=losses,
+def protected_update(setup: Setup, module: ABIModule, update_seed: int, module_seed: int) -> FinetuneRun:
+    """B fine-tuned on prose with the release's stability term on ``module``'s hidden state (module frozen)."""
+    shared = setup.shared
+    config = finetune_config(setup.params, "protected", update_seed, shared.taps, parameter_hash(module))
+    return finetune_backbone(
+        shared.backbone,
+        shared.prose_train,
+        config,
+        data=shared.prose.identity,
+        checkpoint_every=setup.params["checkpoint_every"],
+        desc=f"{setup.setting}: protected update, seed {update_seed}, module {module_seed}",
+        protect_module=module,
     )

@@ -1,4 +1,5 @@
-"""Figures of claim 4 (backbone-update invariance), drawn from its result file only."""
+"""Figures of claim 4 (backbone-update invariance), drawn from its result file only: one panel per setting,
+colour-blind palette."""
 
 from __future__ import annotations
 
@@ -9,119 +10,113 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from abi.experiments.backbone_invariance_stats import condition_label
+from abi.experiments.backbone_invariance_stats import ARM_LABELS, FORMULAS, ORACLE_LABELS, ORACLES
 from abi.plotting import save_figure
 
 # The figures this module draws, file stem -> what it shows: the verifier expects each one.
 FIGURES: dict[str, str] = {
-    "backbone_invariance_perplexity": "held-out domain perplexity per condition with 95% CIs, per backbone",
-    "backbone_invariance_efficacy": "transfer efficacy under both oracles, the pass line and the published values",
+    "backbone_invariance_perplexity": "held-out domain perplexity before and after the update, one panel per setting",
+    "backbone_invariance_efficacy": "transfer efficacy (both formulas, both oracles) with 95% intervals, per setting",
 }
 
-_ORACLE_LABELS = {"ours": "oracle: fresh module on B' (ours)", "original": "oracle: fresh module on B (original's)"}
+_KINDS = (("raw", "raw B'"), ("zero_shot", "B' + old module"), ("oracle", "B' + fresh module"))
+
+
+def _finite(value: float | None) -> bool:
+    """A number that can be drawn (the result file stores an undefined value as null)."""
+    return value is not None and bool(np.isfinite(value))
 
 
 def plot_perplexities(result: dict[str, Any], path: Path) -> Path:
-    """Held-out domain perplexity per condition with 95 % window-bootstrap intervals, one panel per backbone."""
+    """Per setting: raw B and B + module (mean over module seeds), then per arm raw B', B' + old module and
+    B' + fresh module, each cell of the seed grid a dot and the mean a bar."""
     sns.set_theme(style="whitegrid", context="notebook")
-    names = list(result["summary"])
-    fig, axes = plt.subplots(1, len(names), figsize=(7.5 * len(names), 0.45 * 9 + 1.6), squeeze=False)
-    palette = sns.color_palette("deep")
+    palette = sns.color_palette("colorblind")
+    names = list(result["setting_stats"])
+    fig, axes = plt.subplots(1, len(names), figsize=(7.0 * len(names), 5.0), squeeze=False)
     for ax, name in zip(axes[0], names):
-        ppl = result["summary"][name]["ppl"]
-        conditions = list(ppl)
-        y = np.arange(len(conditions))[::-1]
-        estimates = np.array([ppl[c]["estimate"] for c in conditions])
-        errors = np.array(
-            [[ppl[c]["estimate"] - ppl[c]["low"], ppl[c]["high"] - ppl[c]["estimate"]] for c in conditions]
-        ).T
-        colors = [
-            palette[0] if c.startswith("B/") else palette[1] if c.startswith("plain/") else palette[2]
-            for c in conditions
-        ]
-        hatches = ["//" if c.endswith(("fresh", "oracle")) else "" for c in conditions]
-        bars = ax.barh(y, estimates, xerr=errors, color=colors, alpha=0.85, capsize=3, edgecolor="k", lw=0.5)
-        for bar, hatch in zip(bars, hatches):
-            bar.set_hatch(hatch)
-        for yi, value, high in zip(y, estimates, [ppl[c]["high"] for c in conditions]):
-            ax.text(high, yi, f"  {value:.2f}", va="center", ha="left", fontsize=8)
-        ax.set_yticks(y, [condition_label(c) for c in conditions], fontsize=8)
-        ax.set_xlabel("held-out code perplexity (lower is better)")
-        ax.set_xlim(0, float(np.max([ppl[c]["high"] for c in conditions])) * 1.2)
-        ax.set_title(name)
-    fig.suptitle(
-        "Domain perplexity before and after the backbone update (bars: 95% window-bootstrap CI; hatched: oracles)",
-        fontsize=11,
-    )
+        stats = result["setting_stats"][name]
+        ppl = stats["ppl"]
+        labels = ["raw B", "B + module"]
+        groups = [[ppl["B/raw"]["estimate"]], [v["estimate"] for k, v in ppl.items() if k.startswith("B/module/")]]
+        colors = [palette[0], palette[0]]
+        for i, (arm, cells) in enumerate(stats["cell_ppl"].items()):
+            for kind, label in _KINDS:
+                labels.append(f"{label}\n({arm})")
+                groups.append([cell[kind] for cell in cells.values()])
+                colors.append(palette[1 + i])
+        x = np.arange(len(groups))
+        ax.bar(x, [np.mean(g) for g in groups], color=colors, alpha=0.75, edgecolor="k", lw=0.5)
+        for xi, values in zip(x, groups):
+            ax.plot(np.full(len(values), xi), values, "o", color="k", ms=3)
+        ax.set_xticks(x, labels, fontsize=8, rotation=45, ha="right")
+        ax.set_ylabel("held-out domain perplexity (lower is better)")
+        ax.set_title(f"{name} (dots: seeds / cells; bars: mean)", fontsize=10)
+    fig.suptitle("Domain perplexity before and after the prose update of the backbone", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path, result)
 
 
 def plot_efficacy(result: dict[str, Any], path: Path, clip: tuple[float, float] = (-1.0, 4.0)) -> Path:
-    """Transfer efficacy under both oracle definitions with intervals, against the 50 % pass line.
-
-    Hollow markers are ill-conditioned (denominator interval near zero); interval ends beyond
-    ``clip`` are cut and marked with a triangle.
-    """
+    """Efficacy per arm, oracle and formula with its hierarchical 95 % interval, the 50 % pass line and
+    the published values. Hollow markers: ill-conditioned; ends beyond ``clip`` are cut (triangles)."""
     sns.set_theme(style="whitegrid", context="notebook")
-    groups = [(name, update) for name, summary in result["summary"].items() for update in summary["efficacy"]]
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * (len(groups) + 2)), 4.8))
-    palette = dict(zip(_ORACLE_LABELS, sns.color_palette("deep", 2)))
+    palette = dict(zip([(o, f) for o in ORACLES for f in FORMULAS], sns.color_palette("colorblind", 4)))
+    markers = {"faq": "o", "release_code": "s"}
+    names = list(result["setting_stats"])
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.8), squeeze=False, sharey=True)
     low_clip, high_clip = clip
-    for x, (name, update) in enumerate(groups):
-        for offset, oracle in zip((-0.12, 0.12), _ORACLE_LABELS):
-            efficacy = result["summary"][name]["efficacy"][update][oracle]
-            if efficacy["estimate"] is None or not np.isfinite(efficacy["estimate"]):
-                continue  # undefined ratio (0/0): nothing to draw, the table says so
-            estimate = float(np.clip(efficacy["estimate"], low_clip, high_clip))
-            low = low_clip if efficacy["low"] is None else float(np.clip(efficacy["low"], low_clip, high_clip))
-            high = high_clip if efficacy["high"] is None else float(np.clip(efficacy["high"], low_clip, high_clip))
-            face = "white" if efficacy["ill_conditioned"] else palette[oracle]
-            ax.errorbar(
-                x + offset,
-                estimate,
-                yerr=[[estimate - low], [high - estimate]],
-                fmt="o",
-                ms=7,
-                color=palette[oracle],
-                mfc=face,
-                capsize=4,
-                label=_ORACLE_LABELS[oracle] if x == 0 else None,
-            )
-            for bound, marker in ((low, "v"), (high, "^")):
-                if bound in clip:
-                    ax.plot(x + offset, bound, marker, color=palette[oracle], ms=6)
-    published = result["published"]
-    t5 = published["t5-large"]
-    ill_conditioned_below = result["parameters"]["ill_conditioned_fraction"] * t5["raw_ppl"]
-    t5_ill_conditioned = t5["raw_ppl"] - t5["oracle_ppl"] < ill_conditioned_below
-    extra = [
-        ("published\nT5-large", t5["efficacy"], t5_ill_conditioned),
-        ("published\nGPT-2-medium", published["gpt2-medium"]["efficacy"], False),
-    ]
-    for i, (_, value, ill) in enumerate(extra):
-        ax.plot(
-            len(groups) + i,
-            value,
-            "*",
-            color="crimson",
-            mfc="white" if ill else "crimson",
-            ms=14,
-            label="published (original's oracle; hollow: ill-conditioned by our rule)" if i == 0 else None,
-        )
     line = result["parameters"]["pass_efficacy"]
-    ax.axhline(line, color="k", ls="--", lw=1, label=f"pass line ({line:.0%})")
-    ax.axhline(1.0, color="grey", ls=":", lw=1, label="100%: as good as the oracle")
-    ax.axhline(0.0, color="grey", lw=0.8)
-    ax.plot([], [], "o", mfc="white", color="grey", label="ill-conditioned (denominator CI near 0)")
-    labels = [f"{name}\n{update} update" for name, update in groups] + [label for label, _, _ in extra]
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_ylim(low_clip - 0.1, high_clip + 0.1)
-    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ax.set_ylabel("transfer efficacy")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(
-        "Zero-shot transfer efficacy of the old module on the updated backbone (95% paired window bootstrap)",
+    for ax, name in zip(axes[0], names):
+        efficacy = result["setting_stats"][name]["efficacy"]
+        arms = list(efficacy)
+        for x, arm in enumerate(arms):
+            for k, (oracle, formula) in enumerate(palette):
+                record = efficacy[arm][oracle][formula]
+                if not _finite(record["estimate"]):
+                    continue  # undefined ratio (0/0): nothing to draw, the table says so
+                offset = (k - 1.5) * 0.12
+                estimate = float(np.clip(record["estimate"], low_clip, high_clip))
+                low = float(np.clip(record["low"], low_clip, high_clip)) if _finite(record["low"]) else low_clip
+                high = float(np.clip(record["high"], low_clip, high_clip)) if _finite(record["high"]) else high_clip
+                ill = efficacy[arm][oracle]["ill_conditioned"]
+                ax.errorbar(
+                    x + offset,
+                    estimate,
+                    yerr=[[estimate - low], [high - estimate]],
+                    fmt=markers[formula],
+                    color=palette[(oracle, formula)],
+                    mfc="white" if ill else palette[(oracle, formula)],
+                    ms=7,
+                    capsize=3,
+                    label=f"{ORACLE_LABELS[oracle]}, {formula.replace('_', ' ')} formula" if x == 0 else None,
+                )
+                for bound, marker in ((low, "v"), (high, "^")):
+                    if bound in clip:
+                        ax.plot(x + offset, bound, marker, color=palette[(oracle, formula)], ms=5)
+        ax.axhline(line, color="k", ls="--", lw=1, label=f"pass line ({line:.0%})")
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(arms)), [ARM_LABELS[a].replace(" (", "\n(") for a in arms], fontsize=8)
+        ax.set_ylim(low_clip - 0.1, high_clip + 0.1)
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+        ax.set_title(f"{name}: {result['row_verdicts'][name]}", fontsize=10)
+    axes[0][0].set_ylabel("transfer efficacy (hollow: ill-conditioned)")
+    published = result["published"]
+    axes[0][-1].plot(
+        [],
+        [],
+        "*",
+        color="crimson",
+        ms=10,
+        label=(
+            f"published: T5-large {published['t5-large']['efficacy']:.0%}, "
+            f"GPT-2-medium {published['gpt2-medium']['efficacy']:.0%}"
+        ),
+    )
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(
+        "Zero-shot transfer efficacy of the old module on the updated backbone (95% hierarchical bootstrap)",
         fontsize=10,
     )
+    fig.tight_layout()
     return save_figure(fig, path, result)

@@ -4,141 +4,179 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from abi.experiments.backbone_invariance_stats import PUBLISHED, claim_verdict, condition_label
-from abi.reports.formatting import interval, is_defined, percent_interval
+from abi.experiments.backbone_invariance_stats import (
+    ARM_LABELS,
+    FORMULA_LABELS,
+    FORMULAS,
+    ORACLE_LABELS,
+    ORACLES,
+    PUBLISHED,
+    claim_verdict,
+    faq_efficacy,
+    release_code_efficacy,
+)
+from abi.reports.formatting import interval
 
-_T5_LARGE, _GPT2_MEDIUM = PUBLISHED["t5-large"], PUBLISHED["gpt2-medium"]
-# The release's T5-large efficacy denominator: raw B' perplexity minus the oracle's.
-_T5_LARGE_DENOMINATOR = _T5_LARGE["raw_ppl"] - _T5_LARGE["oracle_ppl"]
+_T5, _GPT2 = PUBLISHED["t5-large"], PUBLISHED["gpt2-medium"]
 
 
-def _percent(rate: dict[str, Any]) -> str:
-    return f"{100 * rate['estimate']:.1f} %" if is_defined(rate.get("estimate")) else "undefined (no such positions)"
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %" if value is not None and np.isfinite(value) else "undefined"
 
 
-def perplexity_table(result: dict[str, Any], name: str) -> pd.DataFrame:
-    """Held-out domain perplexity per condition (95 % window-bootstrap interval), published T5-large beside."""
-    reference = {
-        "plain/raw": _T5_LARGE["raw_ppl"],
-        "plain/zero_shot": _T5_LARGE["zero_shot_ppl"],
-        "B/fresh": _T5_LARGE["oracle_ppl"],
-    }
-    rows = [
-        {
-            "condition": condition_label(condition),
-            "perplexity (95% CI)": interval(perplexity, digits=2),
-            "published (T5-large)": reference.get(condition, ""),
+def _range(values: list[float], digits: int = 2) -> str:
+    return f"{min(values):.{digits}f} to {max(values):.{digits}f}"
+
+
+def gate_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Per setting: the regime gate, the update gate of each arm, and the row's verdict."""
+    rows = []
+    for name, gate in result["regime_gates"].items():
+        updates = result["update_gates"][name]
+        row = {
+            "setting": name,
+            "module lowers domain ppl by": _pct(gate["module_ppl_reduction"]),
+            "bare B vs module (NIB)": gate["bare_backbone_nib"],
+            "regime testable": "yes" if gate["testable"] else "no",
         }
-        for condition, perplexity in result["summary"][name]["ppl"].items()
-    ]
+        for arm, arm_gate in updates.items():
+            n_take = sum(g["takes"] for g in arm_gate["updates"].values())
+            row[f"{ARM_LABELS[arm]}: updates that take"] = f"{n_take} of {len(arm_gate['updates'])}"
+        row["verdict"] = result["row_verdicts"][name]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("setting")
+
+
+def update_table(result: dict[str, Any], setting: str) -> pd.DataFrame:
+    """Did each update take? Prose and domain perplexity of B and B', per update."""
+    rows = []
+    for arm, arm_gate in result["update_gates"][setting].items():
+        for update, gate in arm_gate["updates"].items():
+            rows.append(
+                {
+                    "update": f"{ARM_LABELS[arm]}, seed {update}",
+                    "prose ppl, B": round(gate["prose_ppl_before"], 2),
+                    "prose ppl, B'": round(gate["prose_ppl_after"], 2),
+                    "domain ppl, raw B": round(gate["domain_ppl_before"], 2),
+                    "domain ppl, raw B'": round(gate["domain_ppl_after"], 2),
+                    "domain change": _pct(gate["domain_change"]),
+                    "update takes": "yes" if gate["takes"] else "no",
+                }
+            )
+    return pd.DataFrame(rows).set_index("update")
+
+
+def perplexity_table(result: dict[str, Any], setting: str) -> pd.DataFrame:
+    """Held-out domain perplexity of every condition: B's with 95 % window-bootstrap intervals, B''s as
+    the range over the seed grid (each cell is one update seed and module seed)."""
+    stats = result["setting_stats"][setting]
+    ppl = stats["ppl"]
+    rows = [{"condition": "raw B", "perplexity": interval(ppl["B/raw"], digits=2)}]
+    modules = [k for k in ppl if k.startswith("B/module/")]
+    for key in modules:
+        rows.append(
+            {"condition": f"B + module (seed {key.rsplit('/', 1)[1]})", "perplexity": interval(ppl[key], digits=2)}
+        )
+    rows.append({"condition": "B + fresh module (original's oracle)", "perplexity": interval(ppl["B/fresh"], digits=2)})
+    for arm, cells in stats["cell_ppl"].items():
+        for kind, label in (
+            ("raw", "raw B'"),
+            ("zero_shot", "B' + old module (zero-shot)"),
+            ("oracle", "B' + fresh module (our oracle)"),
+        ):
+            values = [cell[kind] for cell in cells.values()]
+            rows.append(
+                {
+                    "condition": f"{label}, {ARM_LABELS[arm]}",
+                    "perplexity": f"mean {np.mean(values):.2f} (range {_range(values)}, {len(values)} cells)",
+                }
+            )
     return pd.DataFrame(rows).set_index("condition")
 
 
 def efficacy_table(result: dict[str, Any]) -> pd.DataFrame:
-    """Efficacy under both oracles per backbone and update, with the published figures beside."""
+    """Both formulas under both oracles, per setting and arm, with the published figures beside."""
     rows = []
-    for name, summary in result["summary"].items():
-        for update, by_oracle in summary["efficacy"].items():
-            for oracle, efficacy in by_oracle.items():
-                rows.append(
-                    {
-                        "backbone": name,
-                        "update": update,
-                        "oracle": "fresh module on B' (ours)" if oracle == "ours" else "fresh module on B (original's)",
-                        "efficacy % (95% CI)": interval(efficacy, digits=1, scale=100),
-                        "denominator (ppl) (95% CI)": interval(efficacy["denominator"], digits=3),
-                        "ill-conditioned": efficacy["ill_conditioned"],
-                        "verdict": efficacy["verdict"],
-                        "release's rule (point >= 50%)": "PASS" if efficacy["point_pass"] else "FAIL",
-                    }
-                )
-    rows.append(
-        {
-            "backbone": "published T5-large",
-            "oracle": "fresh module on B (original's)",
-            "efficacy % (95% CI)": f"{100 * _T5_LARGE['efficacy']:.1f}",
-            "denominator (ppl) (95% CI)": f"{_T5_LARGE_DENOMINATOR:.3f}",
-            "verdict": "PASS",
-        }
-    )
-    rows.append(
-        {
-            "backbone": "published GPT-2-medium",
-            "oracle": "fresh module on B (original's)",
-            "efficacy % (95% CI)": f"{100 * _GPT2_MEDIUM['efficacy']:.1f}",
-            "verdict": "PASS",
-        }
-    )
-    return pd.DataFrame(rows).fillna("").set_index(["backbone", "update", "oracle"])
-
-
-def update_table(result: dict[str, Any], name: str) -> pd.DataFrame:
-    """Did the update change the model? Prose perplexity before/after and flip rates."""
-    summary = result["summary"][name]
-    rows = []
-    for update in result["backbones"][name]["updates"]:
-        flips, gains = summary["negative_flip_rate"][update], summary["positive_flip_rate"][update]
+    for name, stats in result["setting_stats"].items():
+        for arm, record in stats["efficacy"].items():
+            for oracle in ORACLES:
+                for formula in FORMULAS:
+                    value = record[oracle][formula]
+                    rows.append(
+                        {
+                            "setting": name,
+                            "update": ARM_LABELS[arm],
+                            "oracle": ORACLE_LABELS[oracle],
+                            "formula": FORMULA_LABELS[formula],
+                            "efficacy % (95% CI)": interval(value, digits=1, scale=100),
+                            "denominator ppl (95% CI)": interval(record[oracle]["denominator"], digits=3),
+                            "ill-conditioned": "yes" if record[oracle]["ill_conditioned"] else "no",
+                            "verdict": value["verdict"],
+                        }
+                    )
+    published = [
+        ("published T5-large", "FAQ", faq_efficacy(_T5["raw_ppl"], _T5["zero_shot_ppl"], _T5["oracle_ppl"])),
+        ("published GPT-2-medium", "FAQ", faq_efficacy(_GPT2["raw_ppl"], _GPT2["zero_shot_ppl"], _GPT2["oracle_ppl"])),
+        (
+            "published GPT-2-medium",
+            "release code",
+            release_code_efficacy(
+                _GPT2["raw_ppl"], _GPT2["zero_shot_ppl"], _GPT2["oracle_baseline_ppl"], _GPT2["oracle_ppl"]
+            ),
+        ),
+    ]
+    for label, formula, value in published:
         rows.append(
             {
-                "update": update,
-                "prose ppl, B (95% CI)": interval(summary["prose_ppl"]["B"], digits=2),
-                "prose ppl, B' (95% CI)": interval(summary["prose_ppl"][update], digits=2),
-                "negative flips, module % (95% CI)": interval(flips["module"], digits=1, scale=100),
-                "negative flips, bare backbone %": interval(flips["raw"], digits=1, scale=100),
-                "positive flips, module %": interval(gains["module"], digits=1, scale=100),
-                "top-5 overlap, B'+old module vs B+module": round(
-                    result["comparisons"][f"{name}/{update}/module"]["summary"]["top5"], 4
-                ),
+                "setting": label,
+                "update": "protected (release)",
+                "oracle": "release's",
+                "formula": FORMULA_LABELS["faq" if formula == "FAQ" else "release_code"],
+                "efficacy % (95% CI)": f"{100 * value:.1f} (from its reported perplexities)",
             }
         )
-    return pd.DataFrame(rows).set_index("update")
+    return pd.DataFrame(rows).fillna("").set_index(["setting", "update", "oracle", "formula"])
 
 
 def verdict_sentence(result: dict[str, Any]) -> str:
-    """A paragraph stating the outcome with its numbers, one sentence group per backbone."""
+    """A paragraph stating the outcome with its numbers, one sentence group per setting."""
     parts = [f"**Verdict at the `{result['profile']}` profile: {claim_verdict(result)}.**"]
-    for name, summary in result["summary"].items():
-        efficacy = summary["efficacy"]["plain"]
-        ours, original = efficacy["ours"], efficacy["original"]
-        ppl = summary["ppl"]
-        flips = summary["negative_flip_rate"]["plain"]
+    params = result["parameters"]
+    for name, stats in result["setting_stats"].items():
+        gate, updates = result["regime_gates"][name], result["update_gates"][name]["plain"]
+        ours = stats["efficacy"]["plain"]["ours"]["faq"]
+        changes = [g["domain_change"] for g in updates["updates"].values()]
         parts.append(
-            f"On {name}, the prose update moved the prose perplexity from {summary['prose_ppl']['B']['estimate']:.2f} "
-            f"to {summary['prose_ppl']['plain']['estimate']:.2f}. Held-out code perplexity: raw B "
-            f"{ppl['B/raw']['estimate']:.2f}, B + module {ppl['B/module']['estimate']:.2f}, raw B' "
-            f"{ppl['plain/raw']['estimate']:.2f}, B' + old module {ppl['plain/zero_shot']['estimate']:.2f}, B' + fresh "
-            f"module {ppl['plain/oracle']['estimate']:.2f}. Efficacy with the oracle on the updated backbone: "
-            f"{interval(ours, digits=1, scale=100)} % ({ours['verdict']}); with the original's oracle on the old "
-            f"backbone: {interval(original, digits=1, scale=100)} % ({original['verdict']}; published "
-            f"{100 * _T5_LARGE['efficacy']:.1f} % on T5-large, {100 * _GPT2_MEDIUM['efficacy']:.1f} % on "
-            f"GPT-2-medium, pass at {100 * PUBLISHED['pass_efficacy']:.0f} %). Of the positions the module predicted "
-            f"correctly on B, {_percent(flips['module'])} are wrong on B' zero-shot (bare backbone: "
-            f"{_percent(flips['raw'])})."
+            f"In the {name} setting the modules lower held-out domain perplexity on B by "
+            f"{_pct(gate['module_ppl_reduction'])}, and the bare backbone's NIB against them is a "
+            f"{gate['bare_backbone_nib']} (regime {'testable' if gate['testable'] else 'not testable'}). The "
+            f"unprotected update changes the bare domain perplexity by {_range([100 * c for c in changes], 1)} %; "
+            f"{sum(g['takes'] for g in updates['updates'].values())} of {len(changes)} updates take. "
+            "Efficacy with our oracle "
+            f"(FAQ formula, {len(params['update_seeds'])} update seeds x {len(params['module_seeds'])} module seeds): "
+            f"{interval(ours, digits=1, scale=100)} % ({ours['verdict']}); row verdict: {result['row_verdicts'][name]}."
         )
     return " ".join(parts)
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of the book's summary table: published efficacies beside ours, per backbone, and the claim's verdict."""
+    """Rows of the book's summary table: per setting, efficacy under our oracle and the row's verdict."""
     published = result["published"]
     rows = []
-    for name, summary in result["summary"].items():
-        for oracle, oracle_text in (
-            ("ours", "our oracle (fresh module on B')"),
-            ("original", "original's oracle (fresh module on B)"),
-        ):
-            efficacy = summary["efficacy"]["plain"][oracle]
-            rows.append(
-                {
-                    "claim": "4. backbone-update invariance",
-                    "figure": f"{name}: transfer efficacy, {oracle_text}",
-                    "published": f"T5-large {published['t5-large']['efficacy']:.1%}, "
-                    f"GPT-2-medium {published['gpt2-medium']['efficacy']:.1%} (pass at 50%)",
-                    "ours": f"{percent_interval(efficacy)}, {efficacy['verdict']}",
-                }
-            )
-    verdict = claim_verdict(result)
-    why = "; ".join(f"{name}: {v['plain']['ours']} under our oracle" for name, v in result["verdicts"].items())
-    return [{**row, "verdict": verdict, "why": why} for row in rows]
+    for name, stats in result["setting_stats"].items():
+        ours = stats["efficacy"]["plain"]["ours"]["faq"]
+        rows.append(
+            {
+                "claim": "4. backbone-update invariance",
+                "figure": f"{name}: transfer efficacy, unprotected update, our oracle (FAQ formula)",
+                "published": f"T5-large {published['t5-large']['efficacy']:.1%}, "
+                f"GPT-2-medium {published['gpt2-medium']['efficacy']:.1%} (pass at 50%)",
+                "ours": f"{interval(ours, digits=1, scale=100)} %, {ours['verdict']}",
+                "verdict": result["row_verdicts"][name],
+                "why": "; ".join(f"{setting}: {verdict}" for setting, verdict in result["row_verdicts"].items()),
+            }
+        )
+    return rows
