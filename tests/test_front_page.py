@@ -41,6 +41,10 @@ def test_a_gated_claim_without_its_own_sentence_gets_the_generic_one() -> None:
     text = gated_setting_finding(result, "python")
     assert text.startswith("*python*: kl lower top5: **not testable in this regime**")
     assert "lowers held-out perplexity by 2%" in text and "the bare backbone passes the NIB" in text
+    result["regime_gates"]["python"]["module_ppl_reduction"] = -0.014
+    labelled = gated_setting_finding(result, "python", {"kl_lower_top5": "c. raw KL has lower top-5"})
+    assert labelled.startswith("*python*: c. raw KL has lower top-5: **not testable")
+    assert "raises held-out perplexity by 1%" in labelled
 
 
 def test_a_claim_without_a_result_is_said_to_be_unrun(tmp_path: Path) -> None:

@@ -92,19 +92,29 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
 _BARE_VERB = {"PASS": "passes", "FAIL": "fails"}
 
 
-def _row_text(row_verdict: object) -> str:
-    """A setting's row verdict, or its sub-claims' verdicts (``{"sub-claim": verdict}``) in one phrase."""
+def _row_text(row_verdict: object, labels: dict[str, str] | None = None) -> str:
+    """A setting's row verdict, or its sub-claims' verdicts (``{"sub-claim": verdict}``, named by the claim's
+    ``SUB_CLAIM_LABELS`` where it has them) in one phrase."""
     if isinstance(row_verdict, dict):
-        return "; ".join(f"{name.replace('_', ' ')}: **{verdict}**" for name, verdict in row_verdict.items())
+        names = labels or {}
+        return "; ".join(
+            f"{names.get(name, name.replace('_', ' '))}: **{verdict}**" for name, verdict in row_verdict.items()
+        )
     return f"**{row_verdict}**"
 
 
-def gated_setting_finding(result: dict, setting: str) -> str:
+def _ppl_change(reduction: float) -> str:
+    """``0.61`` -> "lowers held-out perplexity by 61%"; a negative reduction says that it raises it."""
+    verb = "lowers" if reduction >= 0 else "raises"
+    return f"{verb} held-out perplexity by {abs(reduction):.0%}"
+
+
+def gated_setting_finding(result: dict, setting: str, labels: dict[str, str] | None = None) -> str:
     """One setting of any gated claim in a sentence: its row verdict(s) and its regime gate's numbers."""
     gate = result["regime_gates"][setting]
     return (
-        f"*{setting}*: {_row_text(result.get('row_verdicts', {}).get(setting, '-'))} (the reference module lowers "
-        f"held-out perplexity by {gate['module_ppl_reduction']:.0%}; the bare backbone "
+        f"*{setting}*: {_row_text(result.get('row_verdicts', {}).get(setting, '-'), labels)} (the reference "
+        f"module {_ppl_change(gate['module_ppl_reduction'])}; the bare backbone "
         f"{_BARE_VERB[gate['bare_backbone_nib']]} the NIB against it)"
     )
 
@@ -113,7 +123,9 @@ def _setting_finding(claim: str, result: dict, setting: str) -> str:
     """The claim's own sentence for a setting where its report defines one (``setting_finding``), else the
     generic one."""
     report = importlib.import_module(f"abi.reports.{claim}")
-    return getattr(report, "setting_finding", gated_setting_finding)(result, setting)
+    if hasattr(report, "setting_finding"):
+        return report.setting_finding(result, setting)
+    return gated_setting_finding(result, setting, getattr(stats_module(claim), "SUB_CLAIM_LABELS", None))
 
 
 def findings(table: pd.DataFrame, results_dir: Path) -> str:
