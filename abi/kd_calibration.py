@@ -8,6 +8,7 @@ several students against one teacher runs the teacher once.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from abi.features import IGNORE_INDEX, FeatureSet
 from abi.module import ABIModule, parameter_hash
 from abi.progress import tqdm
 from abi.schedule import PhaseSchedule
+from abi.train import PlateauRule
 from abi.transfer import MigrationError, frozen_parameters
 
 
@@ -107,10 +109,15 @@ class KDLog:
     trained: str = "interface"
     frozen_hash_before: str = ""
     frozen_hash_after: str = ""
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "val_loss", "val_kl"}
+    best_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "losses": self.losses,
+            "evaluations": self.evaluations,
+            "best_step": self.best_step,
+            "steps_run": len(self.losses),
             "kl": self.kl,
             "ce": self.ce,
             "lrs": self.lrs,
@@ -134,6 +141,36 @@ def _no_grad_for(parameters: list[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@dataclass
+class KDValidation:
+    """Held-aside windows for the plateau rule: their cached features, the teacher's corrections on
+    them, and the rule (evaluate every ``rule.every`` steps, stop after ``rule.patience`` evaluations
+    without a relative improvement above ``rule.min_delta``, restore the best evaluated state)."""
+
+    features: FeatureSet
+    teacher_corrections: Tensor
+    rule: PlateauRule
+
+
+@torch.no_grad()
+def validation_loss(
+    student: ABIModule, backbone: Backbone, validation: KDValidation, config: KDConfig, batch_windows: int = 4
+) -> dict[str, float]:
+    """KD loss (and its KL part) over every position of the validation windows, in the training
+    head precision (it only decides when to stop; every reported number is scored in float32)."""
+    dtype = head_precision(config.head_dtype)
+    total, kl_total, count = 0.0, 0.0, 0
+    for index, taps, final, labels in validation.features.iter_batches(batch_windows):
+        teacher = backbone.logits(final, validation.teacher_corrections[index], dtype=dtype).flatten(0, -2)
+        student_logits = backbone.logits(final, student(taps), dtype=dtype).flatten(0, -2)
+        loss, parts = kd_loss(
+            student_logits, teacher, labels.flatten(), config.temperature, config.kl_weight, config.ce_weight
+        )
+        n = teacher.shape[0]
+        total, kl_total, count = total + float(loss) * n, kl_total + parts["kl"] * n, count + n
+    return {"val_loss": total / count, "val_kl": kl_total / count}
+
+
 def kd_calibrate(
     student: ABIModule,
     teacher_corrections: Tensor,
@@ -142,6 +179,7 @@ def kd_calibrate(
     config: KDConfig,
     seed: int = 0,
     desc: str = "KD calibration",
+    validation: KDValidation | None = None,
 ) -> KDLog:
     """Distil the teacher (its cached corrections on ``features``) into ``student`` through the frozen head.
 
@@ -149,7 +187,9 @@ def kd_calibrate(
     ``head(final + teacher_correction)``, the student's ``head(final + student(taps))``. With
     ``train="interface"`` only proj_in/proj_out are updated and the hash of everything else is
     checked afterwards (a change raises); ``train="all"`` is the original code's variant.
-    AdamW, linear warm-up then a constant rate, gradient clipping.
+    AdamW, linear warm-up then a constant rate, gradient clipping. With ``validation`` the run stops
+    early when the validation KD loss plateaus (``config.steps`` is then the cap) and the best
+    evaluated state is restored; the loss at step 0 is the first evaluation.
     """
     n_windows, seq_len = len(features), features.windows.seq_len
     if tuple(teacher_corrections.shape[:2]) != (n_windows, seq_len):
@@ -171,8 +211,27 @@ def kd_calibrate(
     schedule = PhaseSchedule.constant(config.steps, config.lr, round(config.warmup_fraction * config.steps))
     generator = torch.Generator().manual_seed(seed)
     rows = torch.arange(config.positions)
+    best_state, waited = None, 0
+
+    def evaluate(step: int) -> bool:
+        """Record the validation loss after ``step`` steps; True when the plateau rule says stop."""
+        nonlocal best_state, waited
+        student.eval()
+        record = {"step": step, **validation_loss(student, backbone, validation, config)}
+        student.train()
+        log.evaluations.append(record)
+        best = min((e["val_loss"] for e in log.evaluations[:-1]), default=None)
+        if best is None or record["val_loss"] < best * (1 - validation.rule.min_delta):
+            log.best_step, waited = step, 0
+            best_state = copy.deepcopy(student.state_dict())
+            return False
+        waited += 1
+        return waited >= validation.rule.patience
+
     student.train()
     with _no_grad_for(frozen if interface_only else []):
+        if validation is not None:
+            evaluate(0)
         for step in tqdm(range(config.steps), desc=desc, unit="step"):
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr(step)
@@ -196,6 +255,12 @@ def kd_calibrate(
             log.kl.append(parts["kl"])
             log.ce.append(parts["ce"])
             log.lrs.append(schedule.lr(step))
+            done = step + 1
+            if validation is not None and (done % validation.rule.every == 0 or done == config.steps):
+                if evaluate(done):
+                    break
+    if best_state is not None:
+        student.load_state_dict(best_state)
     student.eval()
     log.frozen_hash_after = parameter_hash(frozen)
     if interface_only and log.frozen_hash_after != log.frozen_hash_before:

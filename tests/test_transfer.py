@@ -255,3 +255,19 @@ def test_bos_prefix_is_prepended_and_dropped(tiny_llama, random_ids) -> None:
     torch.testing.assert_close(out.taps, reference.taps[:, 1:])
     torch.testing.assert_close(with_bos.logits(out.final), with_bos.model_logits(ids), atol=1e-5, rtol=0)
     assert not torch.allclose(out.final, tiny_llama.tap_features(ids, [4]).final)
+
+
+def test_kd_stops_on_a_validation_plateau_and_keeps_the_best_state(tiny_llama, kd_setup) -> None:
+    from abi.kd_calibration import KDValidation
+    from abi.train import PlateauRule
+
+    features, corrections = kd_setup
+    student = migrate_module(ABIModule(ModuleConfig(64, 1, 16, per_tap_norm=False), seed=2), 64, None, seed=3)
+    validation = KDValidation(features, corrections, PlateauRule(every=1, patience=1, min_delta=10.0))
+    log = kd_calibrate(
+        student, corrections, tiny_llama, features, KDConfig(steps=50, positions=8), validation=validation
+    )
+    record = log.to_dict()
+    # min_delta=10 asks for an impossible improvement: the first evaluation after step 0 stops the run
+    assert record["steps_run"] == 1 and record["best_step"] == 0
+    assert [e["step"] for e in record["evaluations"]] == [0, 1]

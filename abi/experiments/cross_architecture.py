@@ -1,85 +1,109 @@
 """Claim 2, cross-architecture migration: a domain module trained on a source model S moves to a
 target T of another architecture, tokenizer and vocabulary by recalibrating only its interface.
 
-Per pair ``S -> T`` and training seed, every arm is scored against the *native* T module (trained
-on T with the domain stage, its own seed; the KD teacher, as in the original) on the same held-out
-T windows:
+The claim runs in *settings*: every pair ``S -> T`` in every domain of ``domains``, ``python`` (the
+weak regime: the models already know Python) and ``python-dialect`` (the strong regime: a seeded
+dialect of the same code, :mod:`abi.dialect`). A setting is testable only when the source module
+matters on its own model (the regime gate, :mod:`abi.verdicts`). Per setting and training seed,
+every arm is scored against the *native* T module (trained on T with the domain stage, its own
+seed; the KD teacher, as in the original) on the same held-out T windows:
 
 * ``migrated``: the S module, interface initialised by Procrustes, then KD of proj_in/proj_out
   only, domain part frozen (hash asserted) — the claim;
 * ``random_module``: an untrained S module (random domain weights) through the identical
   Procrustes + KD (floor: what the calibration achieves with no domain knowledge to carry);
-* ``procrustes_only``: the migrated module before KD (0 KD steps);
-* ``random_init_kd``: the S module's domain part with a random interface, then the same KD
-  (no Procrustes);
+* ``procrustes_only``: the migrated module before KD (0 KD steps, mapped output projection);
+* ``random_init_kd``: the S module's domain part with a random interface, then the same KD;
 * ``also_trained``: Procrustes, then KD of *every* weight, as the original code did;
 * ``no_module``: the bare target (floor);
-* ``ceiling``: a second native T module with another seed (seed-noise ceiling; note that it was
-  not distilled from the reference, the KD arms were).
+* ``ceiling``: a second native T module with another seed (seed-noise ceiling).
 
-Data. Shared sentences come from the code *train* split; the windows of the domain stages and of
-KD from ``train_split``; every reported number from ``eval_split`` (files never used for either).
-The ``cpu`` profile trains on the *validation* split: t5-mini was pre-trained for about 30 passes
-over the train split's code, so its loss there is far below its held-out loss (about 2.3 vs 3.8
-nats), and a module trained on those windows learns the backbone's memorised residue; the zoo
-recipe used the validation split only to pick its checkpoint. Training windows are spread over
-the whole split (seeded), not its first files in path order.
+``arms`` lists the arms a profile runs (the verdict needs migrated, random_module, no_module).
+KD runs until its validation loss plateaus and every KD arm starts from the same place with
+``kd_start="zero_proj_out"`` (:mod:`abi.experiments.cross_architecture_arms`). Every correction is
+added after the target's final norm (the release's site), recorded as ``parameters.correction_site``.
 
-Initialisation. With ``zero_init_proj_out`` (``cpu``, ``smoke``) every module, trained or random,
-starts with a zero output projection, i.e. as the bare backbone. With the library's default
-(xavier, the ``paper`` profile) an untrained module's correction is as large as t5-mini's whole
-final hidden state (held-out perplexity 45 -> 73), and a random module would then be a floor that
-first has to undo damage rather than a module without domain knowledge.
+Data. Shared sentences come from the domain's *train* split; the windows of the domain stages and of
+KD (and their disjoint validation windows) from ``train_split``; every reported number from
+``eval_split`` (files never used for either). A model shipped as raw chunks (Qwen2.5-Coder) has its
+parts and assembled sha256 checked by :func:`validate`, before any training.
 
-The notebook calls :func:`validate`, then :func:`run_pair` per pair (``prepare_pair`` in
-``cross_architecture_setup``, ``train_pair`` in ``cross_architecture_arms``, ``evaluate_pair`` and
-``pair_block`` in ``cross_architecture_evaluation``), then :func:`build_result` with the t5-mini facts
-of :func:`zoo_facts`. Summaries, contrasts
-and verdicts are computed from the stored raw per-window values by ``derive`` (in
-``cross_architecture_stats``, with the release's published figures and the claim's verdict).
+The notebook calls :func:`validate`, then :func:`run_setting` per setting (``prepare_setting`` in
+``cross_architecture_setup``, ``train_setting`` in ``cross_architecture_arms``, ``evaluate_setting``
+and ``setting_block`` in ``cross_architecture_evaluation``; a finished setting is kept on disk and
+resumed), then :func:`build_result`. Summaries, contrasts, gates and verdicts are computed from the
+stored raw values by ``derive`` (in ``cross_architecture_stats``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from abi.backbones import load_backbone, resolve_backbone
+import numpy as np
+
+from abi.backbones import DEFAULT_CORRECTION_SITE, load_backbone, resolve_backbone
+from abi.cache_integrity import atomic_write_json
 from abi.checkpoints import load_module
-from abi.experiments.common import check_held_out_splits, check_protocol_fits
-from abi.experiments.cross_architecture_arms import kd_config, train_pair
-from abi.experiments.cross_architecture_evaluation import PairBlock, evaluate_pair, pair_block
-from abi.experiments.cross_architecture_setup import module_taps, pair_key, parse_pair, prepare_pair
-from abi.experiments.cross_architecture_stats import ARMS, PUBLISHED, derive
+from abi.experiments.common import check_domain, check_held_out_splits, check_protocol_fits
+from abi.experiments.cross_architecture_arms import KD_STARTS, domain_rule, kd_config, kd_rule, train_setting
+from abi.experiments.cross_architecture_evaluation import evaluate_setting, setting_block
+from abi.experiments.cross_architecture_setup import (
+    check_model_files,
+    module_taps,
+    pair_key,
+    parse_pair,
+    prepare_setting,
+    setting_key,
+)
+from abi.experiments.cross_architecture_stats import ARMS, PUBLISHED, REQUIRED_ARMS, derive
 from abi.nib import get_protocol
+from abi.paths import cache_dir
 from abi.profiles import register_profiles, resolve_parameters
-from abi.results import Stopwatch, result_document
+from abi.results import result_document
 from abi.zoo import t5_mini_cost
 
 CLAIM = "cross_architecture"
 
 _CPU: dict[str, Any] = {
-    "pairs": ["t5-mini -> smollm2-135m", "smollm2-135m -> gemma3-270m"],
+    "pairs": ["smollm2-135m -> qwen2.5-coder-0.5b", "smollm2-135m -> gemma3-270m", "t5-mini -> smollm2-135m"],
+    "domains": ["python", "python-dialect"],
+    # Domain -> the pairs that run in it (a domain not named here runs every pair).
+    "pairs_by_domain": {"python": ["smollm2-135m -> gemma3-270m"]},
+    "dialect_words": 200,
+    "dialect_seed": 0,
+    "split_level": "file",
     "source_taps": [],  # empty: the last layer of each model (the release's 1-tap module)
     "target_taps": [],
     "bottleneck": 128,
     "expansion": 4,
     "window_len": 64,  # causal training windows; an encoder-decoder uses the t5-prefix layout
-    "train_split": "validation",  # windows of the domain stages and of KD (see the module docstring)
+    "train_split": "train",  # windows of the domain stages and of KD, and their validation windows
     "n_train_windows": 128,
-    "source_domain_steps": 200,
-    "native_domain_steps": 200,
+    "val_windows": 8,
+    "domain_steps": 400,  # the most; the plateau rule stops earlier
+    "domain_eval_every": 50,
+    "domain_patience": 2,
+    "domain_min_delta": 0.005,
     "zero_init_proj_out": True,
     "domain_lr": 1e-3,
     "domain_batch_windows": 2,
     "native_seed": 0,
     "ceiling_seed": 100,
     "seeds": [1, 2, 3],
-    "n_sentences": 384,
+    "arms": ["migrated", "random_module", "procrustes_only", "no_module", "ceiling"],
+    "n_sentences": 256,
     "context_chars": 96,
     "sentence_chars": 96,
     "sentence_seed": 0,
-    "kd_steps": 60,
+    "kd_start": "zero_proj_out",
+    "kd_steps": 120,  # the most (cost: about 1 s a step on a 262k-vocabulary head); the plateau rule may stop earlier
+    "kd_eval_every": 20,
+    "kd_patience": 2,
+    "kd_min_delta": 0.01,
     "kd_lr": 1e-3,
     "kd_positions": 32,
     "kd_temperature": 2.0,
@@ -88,13 +112,13 @@ _CPU: dict[str, Any] = {
     "head_dtype": "bfloat16",
     "protocol": "faq",
     "eval_split": "test",
-    "eval_windows": 16,
+    "eval_windows": 32,
     "eval_window_len": 64,
-    "official_arms": ["migrated"],
-    "source_eval_windows": 16,
+    "official_arms": [],
+    "source_eval_windows": 32,
     "source_modules": [],  # module files to migrate instead of training (one per seed, one pair)
     "ni_margin": 0.02,
-    "zoo_probe_steps": 3,
+    "zoo_probe_steps": 0,
     "bootstrap_resamples": 2000,
     "feature_dtype": "float32",
 }
@@ -105,34 +129,40 @@ register_profiles(
         "cpu": _CPU,
         "smoke": {
             **_CPU,
-            "pairs": ["tiny-t5 -> tiny-llama", "tiny-llama -> tiny-gpt2"],
+            "pairs": ["tiny-llama -> tiny-gpt2"],
+            "pairs_by_domain": {},
             "bottleneck": 32,
             "n_train_windows": 16,
-            "source_domain_steps": 8,
-            "native_domain_steps": 8,
+            "val_windows": 4,
+            "domain_steps": 8,
+            "domain_eval_every": 4,
             "seeds": [1, 2],
+            "arms": list(ARMS),
             "n_sentences": 48,
             "kd_steps": 6,
+            "kd_eval_every": 3,
             "kd_positions": 16,
             "eval_windows": 8,
-            "official_arms": [],
             "source_eval_windows": 4,
-            "zoo_probe_steps": 0,
             "bootstrap_resamples": 500,
         },
         "paper": {
             **_CPU,
             "pairs": ["t5-large -> gpt2-medium"],
+            "pairs_by_domain": {},
             "bottleneck": 256,
             "window_len": 128,
-            "train_split": "train",
             "n_train_windows": 4000,
+            "val_windows": 64,
             "zero_init_proj_out": False,
-            "source_domain_steps": 2000,
-            "native_domain_steps": 500,
+            "kd_start": "procrustes",
+            "domain_steps": 2000,
+            "domain_eval_every": 200,
             "domain_lr": 3e-4,
+            "arms": list(ARMS),
             "n_sentences": 2000,
             "kd_steps": 1200,
+            "kd_eval_every": 100,
             "kd_lr": 5e-4,
             "kd_positions": 256,
             "head_dtype": "float32",
@@ -140,7 +170,6 @@ register_profiles(
             "eval_window_len": 128,
             "official_arms": list(ARMS),
             "source_eval_windows": 128,
-            "zoo_probe_steps": 0,
         },
     },
 )
@@ -148,8 +177,9 @@ register_profiles(
 
 # -- parameters --------------------------------------------------------------------------------------
 def validate(profile: str, source: str | None = None, target: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Resolve and check every parameter before any long work: pairs (each model is loaded to check
-    the taps), splits, arms, the KD recipe, protocol, the source module files and their architecture.
+    """Resolve and check every parameter before any long work: pairs (each model's files are checked,
+    then it is loaded to check the taps), domains, splits, arms, the KD recipe and stopping rules,
+    protocol, the source module files and their architecture.
 
     Ranges common to every claim (counts, learning rates, seeds) are checked by ``resolve_parameters``.
     """
@@ -163,18 +193,29 @@ def validate(profile: str, source: str | None = None, target: str | None = None,
         raise ValueError("pairs must list at least one 'SOURCE -> TARGET' pair.")
     if len(set(pairs)) != len(pairs):
         raise ValueError(f"pairs {params['pairs']} contain duplicates.")
+    domains = params["domains"]
+    if not domains or len(set(domains)) != len(domains):
+        raise ValueError(f"domains must be a non-empty list without duplicates, got {domains!r}.")
+    for domain in domains:
+        check_domain(domain, params["dialect_words"])
+    extra = sorted(set(params["pairs_by_domain"]) - set(domains))
+    if extra:
+        raise ValueError(f"pairs_by_domain names domains {extra} that are not among domains {domains}.")
     for name in {n for pair in pairs for n in pair}:
         resolve_backbone(name)
     if params["n_sentences"] < 2:
         raise ValueError(f"n_sentences must be at least 2 (Procrustes needs paired rows), got {params['n_sentences']}.")
     check_held_out_splits(params)
-    unknown = sorted(set(params["official_arms"]) - set(ARMS))
-    if unknown:
-        raise ValueError(f"official_arms {unknown} are not arms; arms are {list(ARMS)}.")
+    _check_arms(params)
+    if params["kd_start"] not in KD_STARTS:
+        raise ValueError(f"unknown kd_start {params['kd_start']!r}; valid values: {', '.join(KD_STARTS)}.")
     kd_config(params)  # the KD recipe: temperature, head precision
+    domain_rule(params), kd_rule(params)
     protocol = get_protocol(params["protocol"])
     if protocol.layout == "causal":
         protocol.with_overrides(window_len=params["eval_window_len"])  # skip must leave scored positions
+    for name in dict.fromkeys(n for pair in pairs for n in pair):
+        check_model_files(name)  # chunked models: every part and the assembled sha256, before any training
     params["taps"] = {}
     for source_name, target_name in pairs:
         source_backbone, target_backbone = load_backbone(source_name), load_backbone(target_name)
@@ -188,8 +229,38 @@ def validate(profile: str, source: str | None = None, target: str | None = None,
         check_protocol_fits(target_backbone, protocol)
         params["taps"][pair_key(source_name, target_name)] = {"source": list(source_taps), "target": list(target_taps)}
     _check_source_modules(params, pairs)
+    params["settings"] = [setting_key(pair, domain) for domain in domains for pair in _domain_pairs(params, domain)]
+    params["correction_site"] = DEFAULT_CORRECTION_SITE
     params["bootstrap"] = {"n_resamples": params["bootstrap_resamples"], "seed": 0}
     return params
+
+
+def _domain_pairs(params: dict[str, Any], domain: str) -> list[str]:
+    """The pairs that run in ``domain``: those ``pairs_by_domain`` lists for it, else every pair.
+
+    The cpu profile shows the weak regime on one pair (it costs as much as a strong one and its gate
+    is known to fail on smollm2's Python) and runs every pair in the strong regime.
+    """
+    chosen = params["pairs_by_domain"].get(domain)
+    if chosen is None:
+        return list(params["pairs"])
+    known = {parse_pair(p): p for p in params["pairs"]}
+    unknown = [p for p in chosen if parse_pair(p) not in known]
+    if unknown or not chosen:
+        raise ValueError(f"pairs_by_domain[{domain!r}] must list some of pairs {params['pairs']}, got {chosen!r}.")
+    return [known[parse_pair(p)] for p in chosen]
+
+
+def _check_arms(params: dict[str, Any]) -> None:
+    """Known arms, without duplicates, including the verdict's candidate and floors."""
+    arms, official = params["arms"], params["official_arms"]
+    unknown = sorted((set(arms) | set(official)) - set(ARMS))
+    if unknown:
+        raise ValueError(f"arms/official_arms {unknown} are not arms; arms are {list(ARMS)}.")
+    if len(set(arms)) != len(arms) or not set(REQUIRED_ARMS) <= set(arms):
+        raise ValueError(f"arms must list each arm once and include {list(REQUIRED_ARMS)}; got {arms!r}.")
+    if not set(official) <= set(arms):
+        raise ValueError(f"official_arms {official!r} must be a subset of arms {arms!r}.")
 
 
 def _check_source_modules(params: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
@@ -198,10 +269,10 @@ def _check_source_modules(params: dict[str, Any], pairs: list[tuple[str, str]]) 
     files = params["source_modules"]
     if not files:
         return
-    if len(pairs) != 1 or len(files) != len(params["seeds"]):
+    if len(pairs) != 1 or len(files) != len(params["seeds"]) or len(params["domains"]) != 1:
         raise ValueError(
-            f"source_modules needs exactly one pair and one file per seed ({len(params['seeds'])}); "
-            f"got {len(pairs)} pairs and {len(files)} files."
+            f"source_modules needs exactly one pair, one domain and one file per seed ({len(params['seeds'])}); "
+            f"got {len(pairs)} pairs, {len(params['domains'])} domains and {len(files)} files."
         )
     source = load_backbone(pairs[0][0])
     taps = params["taps"][pair_key(*pairs[0])]["source"]
@@ -216,11 +287,60 @@ def _check_source_modules(params: dict[str, Any], pairs: list[tuple[str, str]]) 
 
 
 # -- running and the result ---------------------------------------------------------------------------
-def run_pair(params: dict[str, Any], pair: str) -> tuple[str, PairBlock]:
-    """Prepare, train, evaluate one pair; returns its key and ``pair_block``'s output."""
-    setup = prepare_pair(params, pair)
-    arms = train_pair(setup, CLAIM)
-    return setup.key, pair_block(setup, arms, evaluate_pair(setup, arms))
+@dataclass
+class SettingRun:
+    """One finished setting: its raw record and the resources it used."""
+
+    record: dict[str, Any]
+    resources: dict[str, float]
+
+
+def _library_digest() -> str:
+    """sha256 over every source file of the library: any code change invalidates a kept setting."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _finished_setting_path(params: dict[str, Any], key: str) -> Path:
+    """Where a finished setting is kept until the result is written, keyed by the parameters, the
+    setting and the library's code."""
+    identity = {"params": params, "setting": key, "library": _library_digest()}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / "runs" / CLAIM / f"{digest}.json"
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers, for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def run_setting(params: dict[str, Any], key: str, resume: bool = True) -> SettingRun:
+    """Prepare, train, evaluate one setting (``"<domain>: S->T"``, see ``params["settings"]``).
+
+    A finished setting is kept on disk, so a run that stops in a later setting resumes after the last
+    finished one (same parameters and same code only); ``resume=False`` recomputes it.
+    """
+    path = _finished_setting_path(params, key)
+    if resume and path.is_file():
+        try:
+            kept = json.loads(path.read_text())
+            print(f"{key}: resumed from the finished run kept in {path.parent.name}/{path.name}")
+            return SettingRun(kept["record"], kept["resources"])
+        except (OSError, ValueError, KeyError) as error:
+            print(f"{key}: the kept run {path.name} is unreadable ({error}); running the setting again")
+    setup = prepare_setting(params, key)
+    arms = train_setting(setup, CLAIM)
+    run = SettingRun(setting_block(setup, arms, evaluate_setting(setup, arms)), setup.watch.resources())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(json.dumps({"record": run.record, "resources": run.resources}, default=_plain))
+    atomic_write_json(path, kept, indent=None)
+    return SettingRun(kept["record"], kept["resources"])
 
 
 def zoo_facts(params: dict[str, Any]) -> dict[str, Any]:
@@ -234,34 +354,16 @@ def zoo_facts(params: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def build_result(
-    params: dict[str, Any],
-    blocks: list[PairBlock],
-    keys: list[str],
-    watch: Stopwatch,
-    zoo: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The result file's content: one block per pair, raw per-window values, derived sections."""
-    comparisons: dict[str, Any] = {}
-    official: dict[str, Any] = {}
-    pairs: dict[str, Any] = {}
-    timings: dict[str, float] = dict(watch.timings)
-    for key, (pair_comparisons, pair_official, block) in zip(keys, blocks):
-        comparisons.update(pair_comparisons)
-        official.update(pair_official)
-        pairs[key] = block
-        timings.update({f"{key}: {name}": seconds for name, seconds in block["timings"].items()})
+def build_result(params: dict[str, Any], runs: dict[str, SettingRun], zoo: dict[str, Any] | None = None) -> dict:
+    """The result file's content: parameters, every setting's raw values, then what is derived."""
     result = result_document(
         CLAIM,
         params,
-        timings=timings,
-        resources=watch.resources(),
+        timings={key: run.record["timings"] for key, run in runs.items()},
+        resources=next(iter(runs.values())).resources,
         published=PUBLISHED,
         zoo=zoo or {},
-        pair_keys=keys,
-        pairs=pairs,
-        comparisons=comparisons,
-        official=official,
+        settings={key: {k: v for k, v in run.record.items() if k != "timings"} for key, run in runs.items()},
     )
     result.update(derive(result))
     return result

@@ -12,6 +12,7 @@ from abi.experiments.core_nib_stats import setting_view
 from abi.nib import CORE_METRICS
 from abi.plotting.core_nib import ARM_LABELS, setting_label
 from abi.reports.formatting import METRIC_LABELS, compact_number, count_of, interval
+from abi.reports.gate_words import bare_verb, ppl_change
 
 CLAIM_LABEL = "1. core NIB"
 
@@ -126,10 +127,10 @@ def setting_sentence(result: dict[str, Any], setting: str) -> str:
             f"{effect[first]['summary']['top1']:.3f} with the anchor and the untrained calibrated module "
             f"{effect[f'random_calibrated/{seeds[0]}']['summary']['top1']:.3f}."
         )
-    bare_outcome = "passes" if gate["bare_backbone_nib"] == "PASS" else "fails"
     return (
-        f"**{setting_label(result, setting)}: {view['row_verdict']}.** The anchor lowers held-out perplexity by "
-        f"{gate['module_ppl_reduction']:.1%} and the bare backbone {bare_outcome} "
+        f"**{setting_label(result, setting)}: {view['row_verdict']}.** The anchor "
+        f"{ppl_change(gate['module_ppl_reduction'], digits=1)} and the bare backbone "
+        f"{bare_verb(gate['bare_backbone_nib'])} "
         f"the NIB against it (top-5 {bare:.4f}), so the setting is {'' if gate['testable'] else 'not '}testable. "
         f"The held-out NIB passes for {count_of(held[s] == 'PASS' for s in seeds)} candidate seeds; top-5 with the "
         f"anchor {top5['estimate']:.4f} (mean over seeds). Second anchor (seed ceiling) {ceiling:.4f}; untrained "
@@ -182,9 +183,6 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-_BARE_VERB = {"PASS": "passes", "FAIL": "fails"}
-
-
 def setting_finding(result: dict[str, Any], setting: str) -> str:
     """One setting in a sentence for the front page: its verdict, the gate's numbers, agreement, floor, ceiling."""
     view = setting_view(result, setting)
@@ -194,8 +192,9 @@ def setting_finding(result: dict[str, Any], setting: str) -> str:
     seeds = len(result["settings"][setting].get("candidate_seeds", []))
     spread = "one seed" if seeds == 1 else f"{top5['low']:.3f} to {top5['high']:.3f}, {seeds} seeds"
     return (
-        f"*{setting_label(result, setting)}*: **{view['row_verdict']}** (the module lowers held-out perplexity "
-        f"by {gate['module_ppl_reduction']:.0%}; the bare backbone {_BARE_VERB[gate['bare_backbone_nib']]} the NIB "
+        f"*{setting_label(result, setting)}*: **{view['row_verdict']}** (the module "
+        f"{ppl_change(gate['module_ppl_reduction'])}; "
+        f"the bare backbone {bare_verb(gate['bare_backbone_nib'])} the NIB "
         f"against it; candidates' held-out top-5 with the anchor {top5['estimate']:.3f} ({spread}) against the "
         f"threshold 0.86; an untrained module through the same calibration {floor:.3f}; seed ceiling "
         f"{ceiling:.3f})"

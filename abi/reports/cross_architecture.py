@@ -1,5 +1,5 @@
-"""Claim 2 for the book: tables and the verdict paragraph, from the result file only (the claim's
-labels, published figures, verdict and glued values are in ``cross_architecture_stats``).
+"""Claim 2 for the book: tables and the verdict paragraphs, from the result file only (the claim's
+labels, published figures, gates, verdicts and glued values are in ``cross_architecture_stats``).
 """
 
 from __future__ import annotations
@@ -12,39 +12,103 @@ from abi.experiments.cross_architecture_stats import (
     ARM_LABELS,
     ARMS,
     CONTROLS,
-    SEEDED_ARMS,
+    SINGLE_ARMS,
     claim_verdict,
-    pair_comparisons,
+    setting_label,
 )
 from abi.nib import CORE_METRICS
-from abi.reports.formatting import METRIC_LABELS, count_of, interval
+from abi.reports.formatting import METRIC_LABELS, compact_number, count_of, interval
+from abi.reports.gate_words import bare_verb, ppl_change
+
+CLAIM_LABEL = "2. cross-architecture"
+_BEATS = {
+    "yes": "beats it (pooled interval and every seed's above zero)",
+    "mixed": "beats it in the pooled interval, but not for every seed",
+    "no": "does not beat it (the interval includes zero)",
+    "worse": "is worse than it (the interval lies below zero)",
+}
 
 
 # -- tables ---------------------------------------------------------------------------------------------
-def arm_table(result: dict[str, Any], key: str) -> pd.DataFrame:
-    """Held-out NIB and perplexity of every arm of one pair. Seeded arms: mean over seeds with the
-    95 % seed interval; single arms: the window-bootstrap interval. The published row beside."""
-    comparisons = pair_comparisons(result["comparisons"], key)
-    groups = result["groups"][key]
-    seeds = result["parameters"]["seeds"]
+def gate_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Per setting: the source gate's numbers, whether the setting is testable, and its verdict."""
     rows = []
-    for arm in ARMS:
+    for key in result["settings"]:
+        gate = result["regime_gates"][key]
+        rows.append(
+            {
+                "setting": setting_label(result, key),
+                "source perplexity: bare -> module": f"{gate['source_ppl']['bare']:.2f} -> "
+                f"{gate['source_ppl']['module']:.2f}",
+                "reduction (weakest seed)": f"{gate['module_ppl_reduction']:.0%}",
+                "bare source vs source module (NIB)": gate["bare_backbone_nib"],
+                "testable": "yes" if gate["testable"] else "no",
+                "verdict": result["row_verdicts"][key],
+            }
+        )
+    return pd.DataFrame(rows).set_index("setting")
+
+
+def setup_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Per setting: models, shared sentences, how much Procrustes explains, the native module's effect
+    on T, and the correction sizes of the arms relative to the native module's."""
+    rows = {}
+    for key, setting in result["settings"].items():
+        stats, training = result["setting_stats"][key], setting["training"]
+        procrustes, seeds = training["procrustes"], setting["seeds"]
+        rows[setting_label(result, key)] = {
+            "widths (S -> T)": f"{setting['source']['d_model']} -> {setting['target']['d_model']}",
+            "vocabularies": f"{setting['source']['vocab_size']:,} -> {setting['target']['vocab_size']:,}",
+            "shared sentences": setting["sentences"]["n"],
+            "tokens per sentence (S / T)": f"{setting['sentences']['source']['mean_sentence_tokens']:.1f} / "
+            f"{setting['sentences']['target']['mean_sentence_tokens']:.1f}",
+            "Procrustes explained, input": round(
+                sum(m["explained_fraction"] for m in procrustes["input"]) / len(procrustes["input"]), 3
+            ),
+            "Procrustes explained, output": round(procrustes["output"]["explained_fraction"], 3),
+            "output scale s": round(procrustes["output"]["scale"], 3),
+            "T perplexity: bare -> native module": f"{setting['comparisons']['no_module']['summary']['ppl']:.2f} -> "
+            f"{stats['reference_ppl']:.2f}",
+            **_correction_rows(training["correction_rms"], seeds),
+        }
+    return pd.DataFrame(rows)
+
+
+def _correction_rows(rms: dict[str, float], seeds: list[int]) -> dict[str, str]:
+    """Correction sizes on T's training windows, relative to the native module's."""
+    native = rms["reference"]
+    rows = {
+        "T final hidden state, RMS length": f"{rms['final']:.1f}",
+        "native module's correction, RMS length": f"{native:.2f}",
+    }
+    for arm in ("procrustes_only", "migrated", "random_module"):
+        if f"{arm}/{seeds[0]}" in rms:
+            mean = sum(rms[f"{arm}/{s}"] for s in seeds) / len(seeds)
+            ratio = f"{mean / native:.2f}" if native > 0 else "undefined (the native module writes no correction)"
+            rows[f"{ARM_LABELS[arm].split(' (')[0].split(',')[0]}: correction / native"] = ratio
+    return rows
+
+
+def arm_table(result: dict[str, Any], key: str) -> pd.DataFrame:
+    """Held-out NIB and perplexity of every arm of one setting. Seeded arms: mean over seeds with the
+    95 % seed interval; single arms: the window-bootstrap interval. The published row beside."""
+    setting, stats = result["settings"][key], result["setting_stats"][key]
+    comparisons, seeds = setting["comparisons"], setting["seeds"]
+    rows = []
+    for arm in (a for a in ARMS if a in SINGLE_ARMS or a in stats["groups"]):
         row: dict[str, Any] = {"arm": ARM_LABELS[arm]}
-        if arm in SEEDED_ARMS:
-            for metric in (*CORE_METRICS, "ppl"):
-                row[METRIC_LABELS[metric]] = interval(groups[arm][metric], 2 if metric == "ppl" else 4)
-            row["NIB"] = f"{count_of(comparisons[f'{arm}/{s}']['verdict'] == 'PASS' for s in seeds)} seeds pass"
-        else:
+        if arm in SINGLE_ARMS:
             for metric in CORE_METRICS:
                 row[METRIC_LABELS[metric]] = interval(comparisons[arm]["ci"][metric])
             row[METRIC_LABELS["ppl"]] = f"{comparisons[arm]['summary']['ppl']:.2f}"
             row["NIB"] = comparisons[arm]["verdict"]
+        else:
+            for metric in (*CORE_METRICS, "ppl"):
+                row[METRIC_LABELS[metric]] = interval(stats["groups"][arm][metric], 2 if metric == "ppl" else 4)
+            row["NIB"] = f"{count_of(comparisons[f'{arm}/{s}']['verdict'] == 'PASS' for s in seeds)} seeds pass"
         rows.append(row)
     rows.append(
-        {
-            "arm": "native target module itself (the reference)",
-            METRIC_LABELS["ppl"]: f"{result['perplexities'][key]['reference']:.2f}",
-        }
+        {"arm": "native target module itself (the reference)", METRIC_LABELS["ppl"]: f"{stats['reference_ppl']:.2f}"}
     )
     published = result["published"]["official"]
     rows.append(
@@ -59,33 +123,54 @@ def arm_table(result: dict[str, Any], key: str) -> pd.DataFrame:
 
 def contrast_table(result: dict[str, Any], key: str) -> pd.DataFrame:
     """Paired top-5 differences (migrated minus each control), per seed and pooled over seeds."""
-    contrasts = result["contrasts"][key]
-    names = {f"migrated_minus_{c}": f"migrated - {c.replace('_', ' ')}" for c in CONTROLS}
+    contrasts = result["setting_stats"][key]["contrasts"]
     rows = []
-    for name, label in names.items():
-        row = {"top-5 difference": label}
+    for control in CONTROLS:
+        name = f"migrated_minus_{control}"
+        if name not in contrasts["pooled"]:
+            continue
+        row = {"top-5 difference": f"migrated minus {ARM_LABELS[control].split(' (')[0].split(',')[0]}"}
         for seed, record in contrasts["per_seed"].items():
             row[f"seed {seed}"] = interval(record[name])
         row["pooled over seeds"] = interval(contrasts["pooled"][name])
         rows.append(row)
-    row = {"top-5 difference": "also trained - migrated"}
-    row.update({f"seed {s}": interval(r["also_trained_minus_migrated"]) for s, r in contrasts["per_seed"].items()})
-    rows.append(row)
-    return pd.DataFrame(rows).set_index("top-5 difference").fillna("")
+    return pd.DataFrame(rows).set_index("top-5 difference")
+
+
+def kd_table(result: dict[str, Any], key: str) -> pd.DataFrame:
+    """Every KD run: validation KD loss (and its KL part) at step 0 and at the step kept, training KD loss
+    at step 0, and how many steps the plateau rule let it run."""
+    starts = result["setting_stats"][key]["kd_starts"]
+    rows = []
+    for name, record in starts.items():
+        arm, _, seed = name.partition("/")
+        rows.append(
+            {
+                "KD run": f"{ARM_LABELS[arm].split(' (')[0].split(',')[0]}, seed {seed}",
+                "validation KD loss, step 0": f"{record['val_loss_step0']:.4f}",
+                "validation KL, step 0": compact_number(record["val_kl_step0"]),
+                "training KD loss, step 0": f"{record['train_loss_step0']:.4f}",
+                "validation KD loss, kept": f"{record['val_loss_best']:.4f}",
+                "validation KL, kept": compact_number(record["val_kl_best"]),
+                "step kept / steps run": f"{record['best_step']} / {record['steps_run']}",
+            }
+        )
+    return pd.DataFrame(rows).set_index("KD run")
 
 
 def official_table(result: dict[str, Any]) -> pd.DataFrame:
     """The release's official protocol (5 windows of 512, seed 7777) per scored arm, published row beside."""
     rows = []
-    for name, comparison in result["official"].items():
-        key, _, arm = name.partition("/")
-        rows.append(
-            {
-                "run": f"{key}: {arm}",
-                **{METRIC_LABELS[m]: round(comparison["summary"][m], 4) for m in CORE_METRICS},
-                "verdict": comparison["verdict"],
-            }
-        )
+    for key, setting in result["settings"].items():
+        for name, comparison in setting["official"].items():
+            arm, _, seed = name.partition("/")
+            rows.append(
+                {
+                    "run": f"{setting_label(result, key)}: {ARM_LABELS[arm]}" + (f", seed {seed}" if seed else ""),
+                    **{METRIC_LABELS[m]: round(comparison["summary"][m], 4) for m in CORE_METRICS},
+                    "verdict": comparison["verdict"],
+                }
+            )
     published = result["published"]["official"]
     rows.append(
         {
@@ -95,52 +180,6 @@ def official_table(result: dict[str, Any]) -> pd.DataFrame:
         }
     )
     return pd.DataFrame(rows).set_index("run")
-
-
-def setup_table(result: dict[str, Any]) -> pd.DataFrame:
-    """Per pair: models, shared sentences, how much Procrustes explains, and the perplexities that
-    show whether the modules learned the domain at all (source module on S; native module on T)."""
-    rows = []
-    for key in result["pair_keys"]:
-        block, ppl = result["pairs"][key], result["perplexities"][key]
-        procrustes = block["training"]["procrustes"]
-        seeds = result["parameters"]["seeds"]
-        source_module = sum(ppl["source"][f"module/{s}"] for s in seeds) / len(seeds)
-        no_module = pair_comparisons(result["comparisons"], key)["no_module"]["summary"]["ppl"]
-        rows.append(
-            {
-                "pair": key,
-                "widths (S -> T)": f"{block['source']['d_model']} -> {block['target']['d_model']}",
-                "vocabularies": f"{block['source']['vocab_size']:,} -> {block['target']['vocab_size']:,}",
-                "shared sentences": block["sentences"]["n"],
-                "tokens per sentence (S / T)": f"{block['sentences']['source']['mean_sentence_tokens']:.1f} / "
-                f"{block['sentences']['target']['mean_sentence_tokens']:.1f}",
-                "Procrustes explained, input": round(
-                    sum(m["explained_fraction"] for m in procrustes["input"]) / len(procrustes["input"]), 3
-                ),
-                "Procrustes explained, output": round(procrustes["output"]["explained_fraction"], 3),
-                "output scale s": round(procrustes["output"]["scale"], 3),
-                "S perplexity: bare -> module": f"{ppl['source']['bare']:.2f} -> {source_module:.2f}",
-                "T perplexity: bare -> native module": f"{no_module:.2f} -> {ppl['reference']:.2f}",
-                **_correction_rows(block["training"].get("correction_rms", {}), seeds),
-            }
-        )
-    return pd.DataFrame(rows).set_index("pair").T
-
-
-def _correction_rows(rms: dict[str, float], seeds: list[int]) -> dict[str, str]:
-    """Correction sizes on T's training windows, relative to the native module's."""
-    if not rms:
-        return {}
-    native = rms["reference"]
-    rows = {
-        "T final hidden state RMS length": f"{rms['final']:.1f}",
-        "native module's correction RMS length": f"{native:.2f}",
-    }
-    for arm in ("procrustes_only", "migrated", "random_module"):
-        mean = sum(rms[f"{arm}/{s}"] for s in seeds) / len(seeds)
-        rows[f"{arm.replace('_', ' ')} correction / native"] = f"{mean / native:.2f}"
-    return rows
 
 
 def zoo_table(result: dict[str, Any]) -> pd.DataFrame:
@@ -162,63 +201,62 @@ def zoo_table(result: dict[str, Any]) -> pd.DataFrame:
 
 
 # -- verdict ---------------------------------------------------------------------------------------------
-def verdict_sentence(result: dict[str, Any], key: str) -> str:
-    """One paragraph per pair with the numbers and intervals, whichever way they came out."""
-    groups, contrasts, verdict = result["groups"][key], result["contrasts"][key], result["verdicts"][key]
-    comparisons = pair_comparisons(result["comparisons"], key)
-    seeds = [str(s) for s in result["parameters"]["seeds"]]
-    migrated, random = groups["migrated"]["top5"], groups["random_module"]["top5"]
-    pooled = contrasts["pooled"]["migrated_minus_random_module"]
-    held_out = verdict["held_out_nib_migrated"]
-    beats_text = {
-        "yes": "beats it, with the pooled interval and every seed's above zero",
-        "mixed": "beats it in the pooled interval, but not for every seed",
-        "no": "does not beat it: the interval includes zero",
-        "worse": "is worse than it: the interval lies below zero",
-    }[verdict["migrated_beats_random_module"]]
-    return (
-        f"**{key}: {verdict['claim']}.** Held-out top-5 overlap with the native target module: migrated "
-        f"{interval(migrated)} (mean over {len(seeds)} seeds, 95 % seed interval; NIB passes for "
-        f"{count_of(held_out[s] == 'PASS' for s in seeds)} seeds). The random module put through the same "
-        f"Procrustes + KD reaches {interval(random)}; the migrated module {beats_text} (top-5 difference "
-        f"{interval(pooled)}, window bootstrap, seeds pooled). Bare target: "
-        f"{comparisons['no_module']['summary']['top5']:.4f}; Procrustes only: "
-        f"{groups['procrustes_only']['top5']['estimate']:.4f}; "
-        f"random interface + KD: {groups['random_init_kd']['top5']['estimate']:.4f}; every weight trained: "
-        f"{groups['also_trained']['top5']['estimate']:.4f}; a second native module: "
-        f"{comparisons['ceiling']['summary']['top5']:.4f}. Perplexity on the held-out windows: migrated "
-        f"{groups['migrated']['ppl']['estimate']:.2f}, random module {groups['random_module']['ppl']['estimate']:.2f}, "
-        f"bare target {comparisons['no_module']['summary']['ppl']:.2f}, native module "
-        f"{result['perplexities'][key]['reference']:.2f}."
+def setting_sentence(result: dict[str, Any], key: str) -> str:
+    """One paragraph per setting: the gate, then (testable or not) the numbers and intervals."""
+    gate, stats, verdict = result["regime_gates"][key], result["setting_stats"][key], result["row_verdicts"][key]
+    comparisons, seeds = result["settings"][key]["comparisons"], [str(s) for s in result["settings"][key]["seeds"]]
+    groups, pooled, verdicts = stats["groups"], stats["contrasts"]["pooled"], stats["verdicts"]
+    gate_text = (
+        f"the source module {ppl_change(gate['module_ppl_reduction'])} on its own model "
+        f"(weakest seed; the gate asks 25 %) and the bare source model "
+        f"{bare_verb(gate['bare_backbone_nib'])} the NIB against it"
     )
+    numbers = (
+        f"Held-out top-5 with the native target module: migrated {interval(groups['migrated']['top5'])} (mean over "
+        f"{len(seeds)} seeds; NIB passes for {count_of(verdicts['held_out_nib_migrated'][s] == 'PASS' for s in seeds)}"
+        f" seeds); the random module through the same Procrustes + KD {interval(groups['random_module']['top5'])}, "
+        f"and the migrated module {_BEATS[verdicts['migrated_beats_random_module']]} (difference "
+        f"{interval(pooled['migrated_minus_random_module'])}); the bare target "
+        f"{comparisons['no_module']['summary']['top5']:.4f}, and the migrated module "
+        f"{_BEATS[verdicts['migrated_beats_no_module']]} (difference {interval(pooled['migrated_minus_no_module'])})."
+    )
+    if "ceiling" in comparisons:
+        numbers += f" A second native module reaches {comparisons['ceiling']['summary']['top5']:.4f}."
+    return f"**{setting_label(result, key)}: {verdict}.** In this setting {gate_text}. {numbers}"
+
+
+def verdict_paragraph(result: dict[str, Any]) -> str:
+    """The claim's verdict (the stored one) and one paragraph per setting."""
+    testable = [k for k in result["settings"] if result["regime_gates"][k]["testable"]]
+    head = (
+        f"**Claim verdict: {claim_verdict(result)}** ({len(testable)} of {len(result['settings'])} settings "
+        "testable; the verdict combines the testable settings' verdicts)."
+    )
+    return "\n\n".join([head, *(setting_sentence(result, key) for key in result["settings"])])
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of the book's summary table: the published cross-architecture row beside each pair, and
-    one verdict for the claim (:func:`claim_verdict`)."""
+    """Rows of the book's summary table: per setting, the migrated module's held-out top-5 beside the
+    published figure, with the setting's own verdict and its gate and contrast as the reason."""
     published = result["published"]["official"]
-    rows, reasons = [], []
-    for key in result["pair_keys"]:
-        verdicts = result["verdicts"][key]
-        migrated = result["groups"][key]["migrated"]
-        random = result["groups"][key]["random_module"]
-        contrast = result["contrasts"][key]["pooled"]["migrated_minus_random_module"]
-        no_module = verdicts["held_out_nib_by_arm"]["no_module"]
-        reasons.append(
-            f"{key}: {verdicts['claim']}; the migrated module minus a random module put through the same "
-            f"Procrustes + KD, held-out top-5: {contrast['estimate']:+.4f} [{contrast['low']:+.4f}, "
-            f"{contrast['high']:+.4f}] (random module alone: {random['top5']['estimate']:.4f}); the bare "
-            f"target backbone's NIB verdict: {no_module}"
+    rows = []
+    for key in result["settings"]:
+        gate, stats = result["regime_gates"][key], result["setting_stats"][key]
+        contrast = stats["contrasts"]["pooled"]["migrated_minus_random_module"]
+        rows.append(
+            {
+                "claim": CLAIM_LABEL,
+                "figure": f"top-5 with the native target module, {setting_label(result, key)}: migrated, held-out "
+                "mean over seeds",
+                "published": compact_number(published["top5"]),
+                "ours": compact_number(stats["groups"]["migrated"]["top5"]["estimate"]),
+                "verdict": result["row_verdicts"][key],
+                "why": (
+                    f"source module {ppl_change(gate['module_ppl_reduction'])}, bare source "
+                    f"{bare_verb(gate['bare_backbone_nib'])} the NIB "
+                    f"({'testable' if gate['testable'] else 'not testable'}); migrated minus random module "
+                    f"{interval(contrast)}"
+                ),
+            }
         )
-        for metric in CORE_METRICS:
-            seed_ci = migrated[metric]
-            rows.append(
-                {
-                    "claim": "2. cross-architecture",
-                    "figure": f"{key}: {metric} (held-out, seed CI)",
-                    "published": f"{published[metric]:.4g}",
-                    "ours": f"{seed_ci['estimate']:.4g} [{seed_ci['low']:.4g}, {seed_ci['high']:.4g}]",
-                }
-            )
-    verdict, why = claim_verdict(result), "; ".join(dict.fromkeys(reasons))
-    return [{**row, "verdict": verdict, "why": why} for row in rows]
+    return rows

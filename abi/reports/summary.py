@@ -21,6 +21,7 @@ import pandas as pd
 from abi.claims import claim_modules, stats_module
 from abi.experiments import claim_names
 from abi.pipeline import claim_of, notebook_names
+from abi.reports.gate_words import bare_verb, ppl_change
 from abi.results import load_result
 
 NOT_TESTABLE = "not testable here"
@@ -89,9 +90,6 @@ def at_a_glance(table: pd.DataFrame) -> pd.DataFrame:
     return _claim_verdicts(table).reset_index(name="verdict")
 
 
-_BARE_VERB = {"PASS": "passes", "FAIL": "fails"}
-
-
 def _row_text(row_verdict: object, labels: dict[str, str] | None = None) -> str:
     """A setting's row verdict, or its sub-claims' verdicts (``{"sub-claim": verdict}``, named by the claim's
     ``SUB_CLAIM_LABELS`` where it has them) in one phrase."""
@@ -103,19 +101,13 @@ def _row_text(row_verdict: object, labels: dict[str, str] | None = None) -> str:
     return f"**{row_verdict}**"
 
 
-def _ppl_change(reduction: float) -> str:
-    """``0.61`` -> "lowers held-out perplexity by 61%"; a negative reduction says that it raises it."""
-    verb = "lowers" if reduction >= 0 else "raises"
-    return f"{verb} held-out perplexity by {abs(reduction):.0%}"
-
-
 def gated_setting_finding(result: dict, setting: str, labels: dict[str, str] | None = None) -> str:
     """One setting of any gated claim in a sentence: its row verdict(s) and its regime gate's numbers."""
     gate = result["regime_gates"][setting]
     return (
         f"*{setting}*: {_row_text(result.get('row_verdicts', {}).get(setting, '-'), labels)} (the reference "
-        f"module {_ppl_change(gate['module_ppl_reduction'])}; the bare backbone "
-        f"{_BARE_VERB[gate['bare_backbone_nib']]} the NIB against it)"
+        f"module {ppl_change(gate['module_ppl_reduction'])}; the bare backbone "
+        f"{bare_verb(gate['bare_backbone_nib'])} the NIB against it)"
     )
 
 
