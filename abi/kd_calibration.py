@@ -145,7 +145,9 @@ def _no_grad_for(parameters: list[nn.Parameter]) -> Iterator[None]:
 class KDValidation:
     """Held-aside windows for the plateau rule: their cached features, the teacher's corrections on
     them, and the rule (evaluate every ``rule.every`` steps, stop after ``rule.patience`` evaluations
-    without a relative improvement above ``rule.min_delta``, restore the best evaluated state)."""
+    without a relative improvement above ``rule.min_delta``, restore the state with the lowest validation
+    loss: an improvement smaller than ``min_delta`` still counts for the state kept, as slow KD arms
+    would otherwise be sent back to their start)."""
 
     features: FeatureSet
     teacher_corrections: Tensor
@@ -219,13 +221,12 @@ def kd_calibrate(
         student.eval()
         record = {"step": step, **validation_loss(student, backbone, validation, config)}
         student.train()
+        best = min((e["val_loss"] for e in log.evaluations), default=None)
         log.evaluations.append(record)
-        best = min((e["val_loss"] for e in log.evaluations[:-1]), default=None)
-        if best is None or record["val_loss"] < best * (1 - validation.rule.min_delta):
-            log.best_step, waited = step, 0
-            best_state = copy.deepcopy(student.state_dict())
-            return False
-        waited += 1
+        if best is None or record["val_loss"] < best:  # the state kept: the lowest validation loss seen
+            log.best_step, best_state = step, copy.deepcopy(student.state_dict())
+        # Patience counts only improvements that matter: a slow drift below min_delta is a plateau.
+        waited = 0 if best is None or record["val_loss"] < best * (1 - validation.rule.min_delta) else waited + 1
         return waited >= validation.rule.patience
 
     student.train()

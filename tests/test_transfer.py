@@ -269,5 +269,25 @@ def test_kd_stops_on_a_validation_plateau_and_keeps_the_best_state(tiny_llama, k
     )
     record = log.to_dict()
     # min_delta=10 asks for an impossible improvement: the first evaluation after step 0 stops the run
-    assert record["steps_run"] == 1 and record["best_step"] == 0
+    assert record["steps_run"] == 1
     assert [e["step"] for e in record["evaluations"]] == [0, 1]
+    losses = [e["val_loss"] for e in record["evaluations"]]
+    assert record["best_step"] == losses.index(min(losses))
+
+
+def test_kd_keeps_the_lowest_validation_loss_even_below_min_delta(tiny_llama, kd_setup) -> None:
+    """A run that improves by less than min_delta stops on the plateau rule, but the state it keeps is
+    the one with the lowest validation loss, not its start: slow arms must not be sent back to step 0."""
+    from abi.kd_calibration import KDValidation, validation_loss
+    from abi.train import PlateauRule
+
+    features, corrections = kd_setup
+    student = migrate_module(ABIModule(ModuleConfig(64, 1, 16, per_tap_norm=False), seed=2), 64, None, seed=3)
+    config = KDConfig(steps=50, positions=8, lr=1e-3)
+    validation = KDValidation(features, corrections, PlateauRule(every=2, patience=3, min_delta=10.0))
+    record = kd_calibrate(student, corrections, tiny_llama, features, config, validation=validation).to_dict()
+    losses = [e["val_loss"] for e in record["evaluations"]]
+    assert record["steps_run"] == 6 and len(losses) == 4
+    assert min(losses[1:]) < losses[0], "KD lowers the validation loss, by less than min_delta"
+    assert record["best_step"] == record["evaluations"][losses.index(min(losses))]["step"] > 0
+    assert validation_loss(student, tiny_llama, validation, config)["val_loss"] == pytest.approx(min(losses))

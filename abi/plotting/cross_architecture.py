@@ -147,7 +147,7 @@ def plot_kd_curves(result: dict[str, Any], path: Path, window: int = 10) -> Path
             ax.plot(val_steps, val, "o-", color=palette[arm], ms=3, lw=1.2, label=label)
             ax.plot(log["best_step"], val[val_steps.index(log["best_step"])], "x", color="k", ms=6)
             seen.add(arm)
-        ax.set(title=setting_label(result, key), xlabel="KD step", ylabel="KD loss", yscale="log")
+        ax.set(title=setting_label(result, key), xlabel="KD step", ylabel="KD loss")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
