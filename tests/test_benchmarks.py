@@ -10,7 +10,7 @@ import torch
 
 from abi.nib import CORE_METRICS, nib_position_metrics
 from benchmarks.common import ratio, write_section
-from benchmarks.end_to_end import _with_target
+from benchmarks.end_to_end import _with_target, merged_runs
 from benchmarks.nib_evaluator import measure, reference_metrics, reference_positions
 from benchmarks.release_nib import release_nib, release_positions
 from benchmarks.scaling import growth_exponent
@@ -126,3 +126,18 @@ def test_the_appendix_table_shows_a_dash_where_a_value_is_missing() -> None:
     assert table.loc[0, "peak memory (MiB)"] == "-" and table.loc[0, "target (min)"] == "-"
     assert table.loc[0, "meets target"] == "-" and table.loc[1, "meets target"] == "yes"
     assert not table.isna().any().any()
+
+
+def test_an_end_to_end_run_of_one_profile_keeps_the_other_profiles_rows() -> None:
+    previous = [
+        {"notebook": "01_core_nib", "profile": "smoke", "wall_s": 49.0},
+        {"notebook": "01_core_nib", "profile": "cpu", "wall_s": 864.5},
+        {"notebook": "test suite", "profile": "-", "wall_s": 97.0},
+    ]
+    measured = [{"notebook": "01_core_nib", "profile": "cpu", "wall_s": 4800.0}]
+    rows = merged_runs(previous, measured)
+    assert [(r["notebook"], r["profile"], r["wall_s"]) for r in rows] == [
+        ("test suite", "-", 97.0),
+        ("01_core_nib", "cpu", 4800.0),
+        ("01_core_nib", "smoke", 49.0),
+    ]
