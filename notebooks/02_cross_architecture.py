@@ -174,6 +174,24 @@ for key in result["settings"]:
     display(report.kd_table(result, key))
 
 # %% [markdown]
+# Where the plateau rule did not stop a run, the cap `kd_steps` did: the arms are then compared after the same
+# KD budget, not at convergence. The count, from the result file:
+
+# %%
+kd_cap = result["parameters"]["kd_steps"]
+kd_logs = [log for setting in result["settings"].values() for log in setting["training"]["kd"].values()]
+capped = [log for log in kd_logs if log["steps_run"] >= kd_cap]
+still_falling = sum(log["best_step"] == log["steps_run"] for log in capped)
+display(
+    Markdown(
+        f"**{len(capped)} of {len(kd_logs)} KD runs reached the cap of {kd_cap} steps** before the plateau rule "
+        f"stopped them; for {still_falling} of those the last validation evaluation was still the lowest."
+        if capped
+        else f"Every KD run stopped on the plateau rule, before the cap of {kd_cap} steps."
+    )
+)
+
+# %% [markdown]
 # ## Every arm against the native target module
 #
 # Held-out windows of the test split, each arm scored against the native T module on the same windows. Points:
