@@ -27,10 +27,36 @@ def test_findings_state_every_claims_verdict_and_gates(tmp_path: Path) -> None:
         text.splitlines(), ("core_nib", "cross_architecture", "objective_ablation", "backbone_invariance")
     ):
         result = json.loads((RESULTS / f"{claim}.json").read_text())
-        if "regime_gates" in result:
-            assert "lowers held-out perplexity by" in line, f"{claim}: every setting's gate numbers are stated"
-        else:
-            assert "before regime gates existed" in line, f"{claim}: a result older than the gates says so"
+        assert "regime_gates" in result, f"{claim}: every committed result carries its regime gates"
+        assert line.count("held-out perplexity by") == len(result["regime_gates"]), f"{claim}: every setting's gate"
+
+
+def test_a_result_older_than_the_gates_says_so(monkeypatch) -> None:
+    import abi.reports.summary as summary
+
+    real = summary.load_result
+
+    def without_gates(path: Path) -> dict:
+        result = real(path)
+        return {k: v for k, v in result.items() if k != "regime_gates"} if "core_nib" in str(path) else result
+
+    table = summary_table(RESULTS)
+    monkeypatch.setattr(summary, "load_result", without_gates)
+    first = findings(table, RESULTS).splitlines()[0]
+    assert "before regime gates existed" in first and "held-out perplexity" not in first
+
+
+def test_the_update_gate_is_stated_where_a_claim_has_one() -> None:
+    gate = {"module_ppl_reduction": 0.7, "bare_backbone_nib": "FAIL", "testable": True}
+    updates = {"0": {"takes": True}, "1": {"takes": False}, "2": {"takes": False}}
+    result = {
+        "regime_gates": {"dialect": gate},
+        "row_verdicts": {"dialect": "not testable in this regime"},
+        "update_gates": {"dialect": {"plain": {"updates": updates, "testable": False}}},
+    }
+    assert "backbone updates that take (the update gate): 1 of 3 plain" in gated_setting_finding(result, "dialect")
+    del result["update_gates"]
+    assert "update" not in gated_setting_finding(result, "dialect")
 
 
 def test_a_gated_claim_without_its_own_sentence_gets_the_generic_one() -> None:

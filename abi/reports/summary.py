@@ -102,13 +102,27 @@ def _row_text(row_verdict: object, labels: dict[str, str] | None = None) -> str:
 
 
 def gated_setting_finding(result: dict, setting: str, labels: dict[str, str] | None = None) -> str:
-    """One setting of any gated claim in a sentence: its row verdict(s) and its regime gate's numbers."""
+    """One setting of any gated claim in a sentence: its row verdict(s), its regime gate's numbers and,
+    for a claim that also gates its backbone updates (``update_gates``), how many updates took."""
     gate = result["regime_gates"][setting]
     return (
         f"*{setting}*: {_row_text(result.get('row_verdicts', {}).get(setting, '-'), labels)} (the reference "
         f"module {ppl_change(gate['module_ppl_reduction'])}; the bare backbone "
-        f"{bare_verb(gate['bare_backbone_nib'])} the NIB against it)"
+        f"{bare_verb(gate['bare_backbone_nib'])} the NIB against it{_update_gate_text(result, setting)})"
     )
+
+
+def _update_gate_text(result: dict, setting: str) -> str:
+    """ "; the update takes for 1 of 3 plain updates, 0 of 1 protected" (empty without update gates): an
+    update takes when it lowers prose perplexity and moves the bare domain perplexity enough."""
+    arms = result.get("update_gates", {}).get(setting)
+    if not arms:
+        return ""
+    counts = ", ".join(
+        f"{sum(u['takes'] for u in arm['updates'].values())} of {len(arm['updates'])} {name}"
+        for name, arm in arms.items()
+    )
+    return f"; backbone updates that take (the update gate): {counts}"
 
 
 def _setting_finding(claim: str, result: dict, setting: str) -> str:
