@@ -80,14 +80,36 @@ def committed_cpu_run(name: str) -> dict:
     record["wall_s"] = json.loads(stamp.read_text()).get("wall_s")
     result = REPO_ROOT / "results" / f"{claim_of(name)}.json"
     if result.is_file():
-        record["peak_rss_mib"] = json.loads(result.read_text()).get("resources", {}).get("peak_rss_mib")
+        document = json.loads(result.read_text())
+        record["peak_rss_mib"] = _peak_memory(document.get("resources", {}))
+        if "timings" in document:
+            record["stages_s"] = round(recorded_stage_seconds(document["timings"]), 1)
     record["current"] = is_current(layout, name)
     return record
 
 
+def recorded_stage_seconds(timings: dict | float) -> float:
+    """The sum of every stage time a result file records (``timings``, nested per setting). A run that
+    resumes finished settings from their kept copies is short; these are the seconds of the runs that
+    computed them, so they are what a cold-but-for-caches run costs."""
+    if isinstance(timings, dict):
+        return sum(recorded_stage_seconds(value) for value in timings.values())
+    return float(timings) if isinstance(timings, (int, float)) else 0.0
+
+
+def _peak_memory(resources: dict) -> float | None:
+    """Peak resident memory from a result's ``resources`` (flat, or one record per setting)."""
+    if "peak_rss_mib" in resources:
+        return resources["peak_rss_mib"]
+    peaks = [r["peak_rss_mib"] for r in resources.values() if isinstance(r, dict) and "peak_rss_mib" in r]
+    return max(peaks) if peaks else None
+
+
 def _with_target(record: dict) -> dict:
     minutes = TARGET_MINUTES.get(record["profile"], {}).get(record["notebook"])
-    wall = record.get("wall_s")
+    # A committed run judged by what it cost to compute: the longer of its wall time and its stages.
+    times = [t for t in (record.get("wall_s"), record.get("stages_s")) if t is not None]
+    wall = max(times) if times else None
     record["target_s"] = minutes * 60 if minutes else None
     # Report notebooks have no target: None (not False), so the table does not show a miss.
     record["meets_target"] = (
