@@ -25,7 +25,7 @@ from pathlib import Path
 
 from abi.paths import REPO_ROOT
 from abi.pipeline import BuildLayout, claim_of, is_current, notebook_names, stamp_path
-from benchmarks.common import write_section
+from benchmarks.common import results_path, write_section
 
 TARGET_MINUTES = {
     "smoke": {"01_core_nib": 2, "02_cross_architecture": 3, "03_objective_ablation": 3, "04_backbone_invariance": 3},
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def previous_runs(path: Path | None = None) -> list[dict]:
     """The end-to-end rows already in the benchmark file (``[]`` when there is none)."""
-    path = path or REPO_ROOT / "results" / "benchmarks.json"
+    path = path or results_path("cpu")
     if not path.is_file():
         return []
     try:

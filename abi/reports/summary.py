@@ -113,8 +113,8 @@ def gated_setting_finding(result: dict, setting: str, labels: dict[str, str] | N
 
 
 def _update_gate_text(result: dict, setting: str) -> str:
-    """ "; the update takes for 1 of 3 plain updates, 0 of 1 protected" (empty without update gates): an
-    update takes when it lowers prose perplexity and moves the bare domain perplexity enough."""
+    """ "; backbone updates that take (the update gate): 1 of 3 plain, 0 of 1 protected" (empty without
+    update gates): an update takes when it lowers prose perplexity and moves the bare domain perplexity enough."""
     arms = result.get("update_gates", {}).get(setting)
     if not arms:
         return ""
