@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from abi.experiments import core_nib
+from abi.experiments import core_nib, module_stages
 from abi.train import mean_domain_loss
 
 RECIPES = {"zero/1e-3": ("zero", 1e-3), "zero/3e-4": ("zero", 3e-4), "xavier/3e-4": ("xavier", 3e-4)}
@@ -31,9 +31,9 @@ def run(setting: str, recipes: list[str], overrides: dict) -> list[dict]:
     for name in recipes:
         init, lr = RECIPES[name]
         params.update(proj_out_init=init, domain_lr=lr)
-        module = core_nib.make_module(setup, "anchor", params["anchor_seed"])
+        module = module_stages.make_module(setup, "anchor", params["anchor_seed"])
         start = time.perf_counter()
-        log = core_nib.run_domain_stage(setup, module, params["anchor_seed"], name)
+        log = module_stages.run_domain_stage(setup, module, params["anchor_seed"], name)
         seconds = time.perf_counter() - start
         loss = mean_domain_loss(setup.backbone, module, setup.held_out)
         row = {

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from abi.paths import REPO_ROOT
 from abi.pipeline import BuildLayout, claim_of, is_current, notebook_names, stamp_path
@@ -84,6 +85,9 @@ def committed_cpu_run(name: str) -> dict:
         record["peak_rss_mib"] = _peak_memory(document.get("resources", {}))
         if "timings" in document:
             record["stages_s"] = round(recorded_stage_seconds(document["timings"]), 1)
+        stored = stored_module_seconds(document)
+        if stored:
+            record["stored_modules_s"] = round(stored, 1)
     record["current"] = is_current(layout, name)
     return record
 
@@ -95,6 +99,19 @@ def recorded_stage_seconds(timings: dict | float) -> float:
     if isinstance(timings, dict):
         return sum(recorded_stage_seconds(value) for value in timings.values())
     return float(timings) if isinstance(timings, (int, float)) else 0.0
+
+
+def stored_module_seconds(document: Any) -> float:
+    """Seconds the modules a run read from the module store took when they were trained (each stage log
+    read from :mod:`abi.module_store` keeps ``stage_s`` beside ``from_cache``). Added to the recorded stage
+    times, this is what the run costs with an empty ``.cache/modules``."""
+    if isinstance(document, dict):
+        if document.get("from_cache") is True and isinstance(document.get("stage_s"), (int, float)):
+            return float(document["stage_s"])
+        return sum(stored_module_seconds(value) for value in document.values())
+    if isinstance(document, list):
+        return sum(stored_module_seconds(value) for value in document)
+    return 0.0
 
 
 def _peak_memory(resources: dict) -> float | None:

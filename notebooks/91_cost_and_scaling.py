@@ -94,7 +94,10 @@ display(Image(filename=str(figures / "benchmarks_memory.png")))
 # for today's code is marked stale). A claim's run keeps each finished setting, so a re-run after a
 # change to its notebook only resumes them and is short: the column of stage times, summed from what
 # the result file records, says what computing the results cost, with the caches (features, fine-tuned
-# backbones, domain modules) as that run found them. The target is judged on the longer of the two.
+# backbones, trained modules) as that run found them. The target is judged on the longer of the two.
+# Claims 1 and 3 read their trained modules from the module store (`.cache/modules/`) when the same
+# stage ran before; each module keeps the seconds its training took, so the next column adds those
+# back: what the run costs with an empty module store (features and fine-tuned backbones still warm).
 # The test suite is timed as `make test` runs it after the first install.
 
 # %%

@@ -71,6 +71,19 @@ def test_result_verifies_with_settings_gates_and_verdicts(smoke_result: tuple[di
         assert set(loaded["update_gates"][name]) == {"plain", "protected"}
 
 
+def test_a_rerun_reads_every_module_from_the_store(smoke_result: tuple[dict, Path]) -> None:
+    """Recomputing a setting trains no module again (modules on B and every oracle), and scores the same."""
+    result, _ = smoke_result
+    params = claim.validate("smoke", **TINY)
+    rerun = claim.run_setting(claim.prepare_shared(params), "python", resume=False).record
+    stored = rerun["stored_modules"]
+    assert set(stored) == set(result["settings"]["python"]["stored_modules"])
+    assert any(label.startswith("fresh module on plain update") for label in stored)
+    assert all(entry["from_cache"] and entry["stage_s"] >= 0 for entry in stored.values())
+    assert rerun["nll"] == result["settings"]["python"]["nll"]
+    assert rerun["cells"] == result["settings"]["python"]["cells"]
+
+
 def test_seed_grid_and_shared_plain_updates(smoke_result: tuple[dict, Path]) -> None:
     result, _ = smoke_result
     params = result["parameters"]

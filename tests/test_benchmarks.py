@@ -10,7 +10,7 @@ import torch
 
 from abi.nib import CORE_METRICS, nib_position_metrics
 from benchmarks.common import ratio, write_section
-from benchmarks.end_to_end import _with_target, merged_runs, recorded_stage_seconds
+from benchmarks.end_to_end import _with_target, merged_runs, recorded_stage_seconds, stored_module_seconds
 from benchmarks.nib_evaluator import measure, reference_metrics, reference_positions
 from benchmarks.release_nib import release_nib, release_positions
 from benchmarks.scaling import growth_exponent
@@ -150,3 +150,21 @@ def test_a_resumed_cpu_run_is_judged_by_the_stage_times_its_result_records() -> 
     assert resumed["meets_target"] is False, "30 min target, 53.5 min of recorded stages"
     quick = _with_target({"notebook": "02_cross_architecture", "profile": "cpu", "wall_s": 27.0, "stages_s": 900.0})
     assert quick["meets_target"] is True
+
+
+def test_modules_read_from_the_store_count_what_training_them_cost() -> None:
+    result = {
+        "settings": {
+            "python": {"training": {"domain": {"anchor": {"from_cache": True, "stage_s": 120.0, "losses": [1.0]}}}},
+            "dialect": {
+                "training": {
+                    "domain": {"anchor": {"from_cache": False, "stage_s": 300.0}},
+                    "calibration": {"1": {"from_cache": True, "stage_s": 45.5}},
+                }
+            },
+        },
+        "timings": {"python": {"domain_stages": 0.4}},
+    }
+    # Trained in this run: already in the recorded stage times; read from the store: their training time.
+    assert stored_module_seconds(result) == 165.5
+    assert stored_module_seconds({"timings": {}}) == 0.0

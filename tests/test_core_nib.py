@@ -96,6 +96,20 @@ def result(smoke) -> dict:
 
 
 # -- the result file ----------------------------------------------------------------------------------------
+def test_a_rerun_reads_every_stage_from_the_module_store(smoke) -> None:
+    """Recomputing a setting (kept run ignored) trains nothing: domain stages and calibrations come from
+    the store, and every score is the same."""
+    result, _, params = smoke
+    rerun = core_nib.run_setting(params, "python", resume=False).record
+    training = rerun["training"]
+    assert all(log["from_cache"] for log in training["domain"].values())
+    for kind in ("calibration", "random_calibration"):
+        assert all(log["from_cache"] for log in training[kind].values())
+    kept = result["settings"]["python"]
+    assert json.loads(json.dumps(rerun["comparisons"], default=float)) == kept["comparisons"]
+    assert json.loads(json.dumps(rerun["official"], default=float)) == kept["official"]
+
+
 def test_result_has_every_setting_and_arm(smoke) -> None:
     result, path, _ = smoke
     assert result["schema_version"] == core_nib_stats.SCHEMA_VERSION == 2

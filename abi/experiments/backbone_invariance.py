@@ -41,6 +41,7 @@ from abi.experiments.backbone_invariance_evaluation import run_setting_block
 from abi.experiments.backbone_invariance_setup import Shared, finetune_config, module_taps, prepare, prepare_shared
 from abi.experiments.backbone_invariance_stats import PUBLISHED, derive
 from abi.experiments.common import check_domain, check_held_out_splits, check_split_fits, domain_split, parse_setting
+from abi.module_store import code_digest
 from abi.paths import cache_dir
 from abi.profiles import register_profiles, resolve_parameters
 from abi.results import backbone_record, result_document
@@ -224,13 +225,9 @@ class SettingRun:
 
 
 def _library_digest() -> str:
-    """sha256 over every source file of the library: any code change invalidates a kept setting."""
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(f"{path.relative_to(root)}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """sha256 over the code this claim's run imports (:func:`abi.module_store.code_digest`): an edit to a
+    report, a figure or another claim keeps a finished setting."""
+    return code_digest(__name__)
 
 
 def _finished_setting_path(params: dict[str, Any], setting: str) -> Path:

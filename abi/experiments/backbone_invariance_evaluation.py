@@ -166,5 +166,6 @@ def run_setting_block(setup: Setup) -> dict[str, Any]:
             "parameters": count_parameters(fresh),
         },
         "training": losses,
+        "stored_modules": setup.stored_modules,
         "timings": watch.timings,
     }

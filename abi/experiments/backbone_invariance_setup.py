@@ -143,6 +143,8 @@ class Setup:
     train: FeatureSet
     held_out: FeatureSet
     watch: Stopwatch = field(default_factory=Stopwatch)
+    # Per trained module (by label): read from the module store or trained, and its training seconds.
+    stored_modules: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from abi.experiments.common import frozen_domain_module, untrained_module
 from abi.features import FeatureSet
 from abi.finetune import FinetuneRun, finetune_backbone
 from abi.module import ABIModule, ModuleConfig, parameter_hash
+from abi.module_store import code_digest, trained
 
 
 # -- the refusal rule ------------------------------------------------------------------------------
@@ -47,7 +48,9 @@ def check_zero_shot(record: ModuleRecord, updated: Backbone) -> None:
 def domain_module(
     setup: Setup, features: FeatureSet, backbone: Backbone, seed: int, label: str
 ) -> tuple[ABIModule, list[float]]:
-    """A new module trained by the domain stage on ``backbone``, then frozen; and its per-step losses."""
+    """A new module trained by the domain stage on ``backbone``, then frozen; and its per-step losses.
+    Read from the module store (:mod:`abi.module_store`) when the same stage ran before; whether it was,
+    and what training it cost, is noted in ``setup.stored_modules`` under ``label``."""
     params = setup.params
     config = ModuleConfig(
         d_model=backbone.d_model,
@@ -56,9 +59,28 @@ def domain_module(
         expansion=params["expansion"],
     )
     module = untrained_module(config, seed, params["zero_init_proj_out"])
-    return frozen_domain_module(
-        module, backbone, features, params, params["domain_steps"], seed, f"{setup.setting}: {label}"
-    )
+    identity = {
+        "backbone": backbone.fingerprint(),
+        "correction_site": backbone.correction_site,
+        "taps": list(setup.shared.taps),
+        "windows": features.windows.content_hash(),
+        "feature_dtype": params["feature_dtype"],
+        "steps": params["domain_steps"],
+        "lr": params["domain_lr"],
+        "batch_windows": params["domain_batch_windows"],
+        "seed": seed,
+    }
+
+    def train() -> dict[str, list[float]]:
+        _, losses = frozen_domain_module(
+            module, backbone, features, params, params["domain_steps"], seed, f"{setup.setting}: {label}"
+        )
+        return {"losses": losses}
+
+    log = trained("domain", f"invariance-{setup.setting}-{label}", module, identity, code_digest(__name__), train)
+    module.requires_grad_(False)
+    setup.stored_modules[label] = {"from_cache": log["from_cache"], "stage_s": log["stage_s"]}
+    return module, log["losses"]
 
 
 def protected_update(setup: Setup, module: ABIModule, update_seed: int, module_seed: int) -> FinetuneRun:

@@ -57,19 +57,25 @@ from abi.experiments.common import (
     parse_setting,
     spread_starts,
     training_windows,
-    untrained_module,
     window_span,
 )
 from abi.experiments.core_nib_stats import PUBLISHED, derive
+from abi.experiments.module_stages import (
+    calibrated,
+    calibration_schedule,
+    domain_trained,
+    head_dtype,
+    make_module,
+    plateau_rule,
+)
 from abi.features import FeatureSet, extract_features
-from abi.module import ModuleConfig, count_parameters
+from abi.module import count_parameters
+from abi.module_store import code_digest
 from abi.nib import get_protocol, tail_summary
 from abi.paths import cache_dir
 from abi.profiles import register_profiles, resolve_parameters
 from abi.results import Stopwatch, backbone_record, comparison_record, result_document
-from abi.schedule import PhaseSchedule
 from abi.stats import design_effect, naive_token_ci
-from abi.train import PlateauRule, calibrate, module_corrections, train_domain_stage
 
 CLAIM = "core_nib"
 
@@ -317,69 +323,6 @@ def prepare(params: dict[str, Any], setting: str) -> Setup:
     )
 
 
-def make_module(setup: Setup, role: str, seed: int) -> TappedModule:
-    """A freshly initialised module of the anchor's shape (``role="anchor"``) or the candidate's."""
-    params = setup.params
-    if role == "anchor":
-        taps, bottleneck = params["anchor_taps"], params["anchor_bottleneck"]
-        per_tap_norm = params["anchor_per_tap_norm"]
-    else:
-        taps, bottleneck, per_tap_norm = params["candidate_taps"], params["candidate_bottleneck"], True
-    config = ModuleConfig(
-        d_model=setup.backbone.d_model,
-        n_taps=len(taps),
-        bottleneck=bottleneck,
-        expansion=params["expansion"],
-        per_tap_norm=per_tap_norm,
-    )
-    module = untrained_module(config, seed, zero_init_proj_out=params["proj_out_init"] == "zero")
-    return TappedModule(module, taps, setup.feature_taps)
-
-
-def plateau_rule(params: dict[str, Any]) -> PlateauRule:
-    """The domain stage's stopping rule, from the parameters (checked in :func:`validate`)."""
-    return PlateauRule(
-        every=params["domain_eval_every"], patience=params["domain_patience"], min_delta=params["domain_min_delta"]
-    )
-
-
-HEAD_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
-
-
-def head_dtype(params: dict[str, Any]) -> torch.dtype | None:
-    """Precision of the frozen vocabulary projection in the domain stage's training steps (validation
-    and evaluation always use float32)."""
-    name = params["domain_head_dtype"]
-    if name not in HEAD_DTYPES:
-        raise ValueError(f"unknown domain_head_dtype {name!r}; valid values: {', '.join(HEAD_DTYPES)}.")
-    return HEAD_DTYPES[name]
-
-
-def run_domain_stage(setup: Setup, module: TappedModule, seed: int, label: str) -> dict[str, Any]:
-    """Train ``module`` on the domain through the frozen head until its validation loss plateaus
-    (at most ``domain_steps`` steps); returns the log (per-step losses, evaluations, stopping step)."""
-    params = setup.params
-    log = train_domain_stage(
-        module,
-        setup.backbone,
-        setup.train,
-        params["domain_steps"],
-        lr=params["domain_lr"],
-        batch_windows=params["domain_batch_windows"],
-        seed=seed,
-        desc=f"{setup.setting}: domain stage, {label}",
-        validation=setup.domain_val,
-        plateau=plateau_rule(params),
-        head_dtype=head_dtype(params),
-    )
-    return {
-        "losses": log.losses,
-        "evaluations": log.evaluations,
-        "best_step": log.best_step,
-        "steps_run": len(log.losses),
-    }
-
-
 @dataclass
 class Arms:
     """Trained modules of every arm and their training logs."""
@@ -392,50 +335,23 @@ class Arms:
     logs: dict[str, Any]
 
 
-def _curve_probe(setup: Setup, anchor: TappedModule, targets: torch.Tensor):
-    """Calibration-curve callback: held-out corrMSE and NIB on validation windows."""
-    curve = setup.curve
-    skip = get_protocol(setup.params["protocol"]).skip
-
-    def probe(step: int, module: TappedModule) -> dict[str, float]:
-        with torch.no_grad():
-            corrections = torch.cat([module(taps) for _, taps, _, _ in curve.iter_batches(16)])
-        _, scores = score_variants(setup.backbone, curve, anchor, {"m": module}, skip, desc=f"curve@{step}")
-        per_window = scores["m"].per_window
-        weights = np.asarray(per_window["n_positions"], dtype=float)
-        summary = {k: float(np.average(per_window[k], weights=weights)) for k in ("top5", "top1", "js")}
-        return {
-            "val_corr_mse": float((corrections - targets).pow(2).mean()),
-            **{f"val_{k}": v for k, v in summary.items()},
-        }
-
-    return probe
-
-
-def _calibration_schedule(params: dict[str, Any], steps_parameter: str = "calibration_steps") -> PhaseSchedule:
-    return PhaseSchedule.release_calibration(params[steps_parameter], params["calibration_lr"])
-
-
 def train_arms(setup: Setup) -> Arms:
-    """Domain stages (anchor, ceiling, candidates), then calibration of candidates and random floors."""
+    """Domain stages (anchor, ceiling, candidates), then calibration of candidates and random floors;
+    each stage read from the module store when it ran before (:mod:`abi.experiments.module_stages`)."""
     params, watch = setup.params, setup.watch
     logs: dict[str, Any] = {"domain": {}, "calibration": {}, "random_calibration": {}}
     with watch.time("domain_stages"):
-        anchor = make_module(setup, "anchor", params["anchor_seed"])
-        logs["domain"]["anchor"] = run_domain_stage(setup, anchor, params["anchor_seed"], "anchor")
-        ceiling = make_module(setup, "anchor", params["ceiling_seed"])
-        logs["domain"]["ceiling"] = run_domain_stage(setup, ceiling, params["ceiling_seed"], "ceiling anchor")
+        anchor, logs["domain"]["anchor"] = domain_trained(setup, "anchor", params["anchor_seed"], "anchor")
+        ceiling, logs["domain"]["ceiling"] = domain_trained(setup, "anchor", params["ceiling_seed"], "ceiling anchor")
         candidates, uncalibrated = {}, {}
         for seed in setup.seeds:
-            candidates[seed] = make_module(setup, "candidate", seed)
-            logs["domain"][f"candidate/{seed}"] = run_domain_stage(setup, candidates[seed], seed, f"candidate {seed}")
+            candidates[seed], logs["domain"][f"candidate/{seed}"] = domain_trained(
+                setup, "candidate", seed, f"candidate {seed}"
+            )
             uncalibrated[seed] = copy.deepcopy(candidates[seed])
     for module in (anchor, ceiling):
         module.requires_grad_(False)
-    targets = module_corrections(anchor, setup.train)
-    curve_targets = module_corrections(anchor, setup.curve)
-    schedule = _calibration_schedule(params)
-    probe = _curve_probe(setup, anchor, curve_targets)
+    schedule = calibration_schedule(params)
     random_calibrated = {}
     with watch.time("calibration"):
         for seed in setup.seeds:
@@ -443,18 +359,10 @@ def train_arms(setup: Setup) -> Arms:
                 ("calibration", candidates[seed]),
                 ("random_calibration", make_module(setup, "candidate", 10_000 + seed)),
             ):
-                log = calibrate(
-                    module,
-                    setup.train,
-                    targets,
-                    schedule,
-                    batch_windows=params["calibration_batch_windows"],
-                    seed=seed,
-                    on_step=probe,
-                    eval_every=params["curve_every"],
-                    desc=f"{setup.setting}: {kind} {seed}",
+                label = f"{setup.setting}: {kind} {seed}"
+                logs[kind][str(seed)] = calibrated(
+                    setup, module, anchor, setup.train, schedule, seed, label, with_curve=True
                 )
-                logs[kind][str(seed)] = log.to_dict()
                 if kind == "random_calibration":
                     random_calibrated[seed] = module
     logs["schedule"] = {
@@ -512,27 +420,19 @@ def run_dose_response(setup: Setup, arms: Arms) -> dict[str, VariantScores]:
     one where calibration data are scarce; with plenty of data, calibration alone may suffice.
     """
     params = setup.params
-    schedule = _calibration_schedule(params, "dose_calibration_steps")
+    schedule = calibration_schedule(params, "dose_calibration_steps")
     variants: dict[str, torch.nn.Module | None] = {}
     with setup.watch.time("dose_response"):
         for dose in params["dose_windows"]:
             subset = setup.train.first(dose)
-            targets = module_corrections(arms.anchor, subset)
             for seed in setup.seeds:
                 for arm, module in (
                     ("trained", copy.deepcopy(arms.uncalibrated[seed])),
                     ("untrained", make_module(setup, "candidate", 10_000 + seed)),
                 ):
                     module.requires_grad_(True)
-                    calibrate(
-                        module,
-                        subset,
-                        targets,
-                        schedule,
-                        batch_windows=params["calibration_batch_windows"],
-                        seed=seed,
-                        desc=f"{setup.setting}: dose {dose}, {arm} {seed}",
-                    )
+                    label = f"{setup.setting}: dose {dose}, {arm} {seed}"
+                    calibrated(setup, module, arms.anchor, subset, schedule, seed, label)
                     variants[f"{arm}/{dose}/{seed}"] = module
         for seed in setup.seeds:
             variants[f"uncalibrated/{seed}"] = arms.uncalibrated[seed]
@@ -601,13 +501,9 @@ class SettingRun:
 
 
 def _library_digest() -> str:
-    """sha256 over every source file of the library: any code change invalidates a kept setting."""
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(f"{path.relative_to(root)}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """sha256 over the code a setting's run imports (:func:`abi.module_store.code_digest`): a code change
+    there invalidates a kept setting; an edit to a report, a figure or another claim does not."""
+    return code_digest(__name__)
 
 
 def _finished_setting_path(params: dict[str, Any], setting: str) -> Path:

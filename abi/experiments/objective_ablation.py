@@ -8,7 +8,8 @@ ran each objective once and judged it on one set of five windows. Here, per sett
 ``python`` and ``python-dialect``, both at the release's correction site):
 
 * the anchor, the ceiling anchor and the candidates are claim 1's (same profiles, :func:`core_nib.prepare`,
-  claim 1's domain stage and plateau rule), read from the domain-module cache (:mod:`abi.domain_cache`)
+  claim 1's domain stage and plateau rule), read from the module store
+  (:func:`abi.experiments.module_stages.domain_trained`)
   when an identical module was trained before;
 * every objective of :mod:`abi.objectives` calibrates copies of the same domain-trained candidates with the
   same schedule (the release's four phases), steps and positions per step;
@@ -42,14 +43,15 @@ from torch import Tensor
 
 from abi.backbones import check_correction_site, load_backbone, resolve_backbone
 from abi.cache_integrity import atomic_write_json
-from abi.domain_cache import domain_trained
 from abi.evaluate import score_variants
 from abi.experiments import core_nib
 from abi.experiments.common import check_domain
-from abi.experiments.core_nib import SettingRun, Setup, make_module, parse_setting
+from abi.experiments.core_nib import SettingRun, Setup, parse_setting
+from abi.experiments.module_stages import domain_trained, make_module
 from abi.experiments.objective_ablation_stats import PUBLISHED, derive, next_lr, select_lr
 from abi.features import FeatureSet
 from abi.module import count_parameters
+from abi.module_store import code_digest
 from abi.nib import get_protocol
 from abi.objectives import check_hyper, get_objective, make_objective
 from abi.paths import cache_dir
@@ -602,10 +604,10 @@ def setting_record(setup: Setup, arms: Arms, scored: dict) -> dict[str, Any]:
 
 def _finished_setting_path(params: dict[str, Any], setting: str):
     """Where a finished setting is kept until the result is written, keyed by the parameters, the setting
-    and the library's code (claim 1's rule)."""
+    and the code this claim's run imports (claim 1's rule)."""
     key = hashlib.sha256(
         json.dumps(
-            {"params": params, "setting": setting, "library": core_nib._library_digest()}, sort_keys=True, default=str
+            {"params": params, "setting": setting, "library": code_digest(__name__)}, sort_keys=True, default=str
         ).encode()
     ).hexdigest()[:24]
     return cache_dir() / "runs" / CLAIM / f"{key}.json"
