@@ -36,8 +36,9 @@
 # beforehand whether a setting can test the claim: the module must matter on B (it lowers held-out domain
 # perplexity by at least 25 % and the bare B fails the NIB against it), and the update must *take* (it lowers
 # the prose perplexity and changes the bare domain perplexity by at least 10 %). Every number comes from
-# held-out text. t5-mini, an extra backbone of earlier runs, is left out of this profile: its prose update did
-# not take (prose perplexity rose from 222.3 to 224.2), so it could not test the claim within the budget.
+# held-out text. t5-mini, an extra backbone of earlier editions, is left out of this profile: in those runs its
+# prose update raised its own prose perplexity instead of lowering it (the update did not take), so it could not
+# test the claim within the budget.
 
 # %% tags=["parameters"]
 # Parameters (papermill). None means "the profile's value"; see abi/profiles.py.

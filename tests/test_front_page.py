@@ -105,3 +105,10 @@ def test_the_scale_table_lists_every_parameter_that_differs_from_the_paper_profi
     assert core.loc["backbone", "paper profile"] == "t5-large"
     assert core.loc["calibration_steps", "this run"] == "300"
     assert "candidate_seeds" not in core.index, "a parameter the run shares with the paper profile is not listed"
+
+
+def test_the_summary_gives_every_gate_in_words() -> None:
+    """The reasons column says "fails the NIB" / "raises held-out perplexity", never an outcome code."""
+    reasons = " ".join(str(why) for why in summary_table(RESULTS)["why"])
+    assert "bare backbone" in reasons
+    assert not re.search(r"\b(PASS|FAIL)s?\b", reasons), "an outcome code instead of a verb"

@@ -173,8 +173,9 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "ours": compact_number(held["estimate"]),
                 "verdict": view["row_verdict"],
                 "why": (
-                    f"module lowers perplexity by {gate['module_ppl_reduction']:.0%}, bare backbone "
-                    f"{gate['bare_backbone_nib']}s the NIB ({'testable' if gate['testable'] else 'not testable'}); "
+                    f"module {ppl_change(gate['module_ppl_reduction'])}, bare backbone "
+                    f"{bare_verb(gate['bare_backbone_nib'])} the NIB "
+                    f"({'testable' if gate['testable'] else 'not testable'}); "
                     f"NIB passes for {count_of(passes)} seeds; untrained module + calibration reaches "
                     f"{random_floor:.4f}"
                 ),

@@ -14,6 +14,7 @@ from abi.experiments.objective_ablation_stats import (
     setting_view,
 )
 from abi.reports.formatting import METRIC_LABELS, interval, percent_interval
+from abi.reports.gate_words import bare_verb, ppl_change
 
 CLAIM_LABEL = "3. objective ablation"
 _COLUMNS = {**METRIC_LABELS, **LOSS_LABELS}
@@ -204,10 +205,9 @@ def setting_sentence(result: dict[str, Any], setting: str) -> str:
     """The outcome of one setting: the gate, then each sub-claim's verdict with its number."""
     view = setting_view(result, setting)
     gate = view["gate"]
-    bare = "fails" if gate["bare_backbone_nib"] == "FAIL" else "passes"
     parts = [
-        f"**{setting_label(result, setting)}.** The anchor lowers held-out perplexity by "
-        f"{gate['module_ppl_reduction']:.1%} and the bare backbone {bare} the NIB against it, so the setting is "
+        f"**{setting_label(result, setting)}.** The anchor {ppl_change(gate['module_ppl_reduction'], 1)} and the "
+        f"bare backbone {bare_verb(gate['bare_backbone_nib'])} the NIB against it, so the setting is "
         f"{'' if gate['testable'] else 'not '}testable."
     ]
     for sub, record in view["sub_claims"].items():
@@ -245,8 +245,8 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         view = setting_view(result, setting)
         gate = view["gate"]
         why = (
-            f"module lowers perplexity by {gate['module_ppl_reduction']:.0%}, bare backbone "
-            f"{gate['bare_backbone_nib']}s the NIB ({'testable' if gate['testable'] else 'not testable'})"
+            f"module {ppl_change(gate['module_ppl_reduction'])}, bare backbone "
+            f"{bare_verb(gate['bare_backbone_nib'])} the NIB ({'testable' if gate['testable'] else 'not testable'})"
         )
         for sub, record in view["sub_claims"].items():
             published = {
