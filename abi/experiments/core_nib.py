@@ -177,6 +177,18 @@ register_profiles(
 )
 
 
+def check_settings(params: dict[str, Any], example: list[str]) -> None:
+    """``settings`` is a non-empty list of distinct settings, each a known domain (at the dialect's dose)
+    and a known correction site; claims 1 and 3 share the rule."""
+    settings = params["settings"]
+    if not settings or len(set(settings)) != len(settings):
+        raise ValueError(f"settings must be a non-empty list without duplicates, got {settings!r}; e.g. {example!r}.")
+    for name in settings:
+        domain, site = parse_setting(name)
+        check_domain(domain, params["dialect_words"])
+        check_correction_site(site)
+
+
 def validate(profile: str, **overrides: Any) -> dict[str, Any]:
     """Resolve and check every parameter before any long work (model names, protocol, settings, doses).
 
@@ -186,15 +198,8 @@ def validate(profile: str, **overrides: Any) -> dict[str, Any]:
     params = resolve_parameters(CLAIM, profile, **overrides)
     resolve_backbone(params["backbone"])
     get_protocol(params["protocol"])
+    check_settings(params, _CPU["settings"])
     settings = params["settings"]
-    if not settings or len(set(settings)) != len(settings):
-        raise ValueError(
-            f"settings must be a non-empty list without duplicates, got {settings!r}; e.g. {_CPU['settings']!r}."
-        )
-    for name in settings:
-        domain, site = parse_setting(name)
-        check_domain(domain, params["dialect_words"])
-        check_correction_site(site)
     if not any(parse_setting(name)[1] == DEFAULT_CORRECTION_SITE for name in settings):
         raise ValueError(
             f"at least one setting must use the release's correction site ({DEFAULT_CORRECTION_SITE}); "

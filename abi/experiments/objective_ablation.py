@@ -41,11 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from abi.backbones import check_correction_site, load_backbone, resolve_backbone
+from abi.backbones import load_backbone, resolve_backbone
 from abi.cache_integrity import atomic_write_json
 from abi.evaluate import score_variants
 from abi.experiments import core_nib
-from abi.experiments.common import check_domain
 from abi.experiments.core_nib import SettingRun, Setup, parse_setting
 from abi.experiments.module_stages import domain_trained, make_module
 from abi.experiments.objective_ablation_stats import PUBLISHED, derive, next_lr, select_lr
@@ -241,15 +240,7 @@ def validate(profile: str, **overrides: Any) -> dict[str, Any]:
 
 
 def _check_settings(params: dict[str, Any]) -> None:
-    settings = params["settings"]
-    if not settings or len(set(settings)) != len(settings):
-        raise ValueError(
-            f"settings must be a non-empty list without duplicates, got {settings!r}; e.g. {_OWN['settings']!r}."
-        )
-    for name in settings:
-        domain, site = parse_setting(name)
-        check_domain(domain, params["dialect_words"])
-        check_correction_site(site)
+    core_nib.check_settings(params, _OWN["settings"])
     if params["ceiling_seed"] == params["anchor_seed"]:
         raise ValueError(f"ceiling_seed must differ from anchor_seed ({params['anchor_seed']}): it is a second anchor.")
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from abi.experiments.core_nib_stats import setting_view  # claim 3's result has claim 1's layout
 from abi.results import perplexity_from
 from abi.stats import paired_difference_ci, seed_interval
 from abi.verdicts import NOT_REPRODUCED, REPRODUCED, combine, gated, nib_row_verdict, regime_gate
@@ -357,20 +358,6 @@ def derive(result: dict[str, Any]) -> dict[str, Any]:
     }
     verdict = combine(v for by_sub in rows.values() for v in by_sub.values())
     return {"setting_stats": stats, "regime_gates": gates, "row_verdicts": rows, "verdict": verdict}
-
-
-def setting_view(result: dict[str, Any], setting: str) -> dict[str, Any]:
-    """One setting as a flat document (header, raw values and derived stats side by side) for reports."""
-    if setting not in result["settings"]:
-        raise KeyError(f"no setting {setting!r} in the result; settings: {', '.join(result['settings'])}.")
-    return {
-        **{k: v for k, v in result.items() if k not in ("settings", "setting_stats")},
-        **result["settings"][setting],
-        **result["setting_stats"][setting],
-        "setting": setting,
-        "gate": result["regime_gates"][setting],
-        "row_verdict": result["row_verdicts"][setting],
-    }
 
 
 def claim_verdict(result: dict[str, Any]) -> str:

@@ -13,6 +13,8 @@ from abi.experiments.objective_ablation_stats import (
     objective_label,
     setting_view,
 )
+from abi.plotting.core_nib import setting_label
+from abi.reports import core_nib as core_nib_report
 from abi.reports.formatting import METRIC_LABELS, interval, percent_interval
 from abi.reports.gate_words import bare_verb, ppl_change
 
@@ -26,35 +28,15 @@ _DIRECTION = {
 }
 
 
-def setting_label(result: dict[str, Any], setting: str) -> str:
-    """``python-dialect`` -> ``python-dialect, correction after final norm``."""
-    site = result["settings"][setting]["correction_site"]
-    return f"{result['settings'][setting]['domain']}, correction {site.replace('_', ' ')}"
-
-
 def _significant(value: float) -> str:
     """Three significant digits: held-out losses span orders of magnitude across objectives."""
     return f"{value:.3g}"
 
 
 def regime_table(result: dict[str, Any]) -> pd.DataFrame:
-    """One row per setting: the gate's inputs and whether the setting can test the claim."""
-    rows = []
-    for setting in result["settings"]:
-        view = setting_view(result, setting)
-        gate, bare = view["gate"], view["comparisons"]["no_module"]
-        rows.append(
-            {
-                "setting": setting_label(result, setting),
-                "bare perplexity": round(bare["summary"]["ppl"], 2),
-                "anchor perplexity": round(view["anchor_ppl"]["held_out"], 2),
-                "reduction": f"{gate['module_ppl_reduction']:.1%}",
-                "bare backbone vs anchor: top-5": round(bare["summary"]["top5"], 4),
-                "bare backbone NIB": gate["bare_backbone_nib"],
-                "testable": "yes" if gate["testable"] else "no",
-            }
-        )
-    return pd.DataFrame(rows).set_index("setting")
+    """One row per setting: the gate's inputs and whether the setting can test the claim (claim 1's table;
+    claim 3's verdicts are per sub-claim, so without claim 1's verdict column)."""
+    return core_nib_report.regime_table(result).drop(columns="verdict")
 
 
 def objectives_table(result: dict[str, Any]) -> pd.DataFrame:
