@@ -90,7 +90,8 @@ pd.Series({k: v for k, v in params.items() if k != "bootstrap"}, dtype=object).t
 # Per setting: the backbone is loaded from the offline registry and fingerprinted (SHA-256 over every
 # weight) before any training; the corpus (or its dialect) is split at file level by a hash of the path;
 # training windows come from the train split, the stopping rule's and the curves' windows from validation,
-# and every reported number from the held-out split. Tap features are computed once and cached. Every
+# and every reported number from the held-out split. Tap features are computed once and cached, and so is
+# every trained module (the module store: a re-run reads a module trained before with the same inputs). Every
 # module learns the domain with cross-entropy through the frozen head (AdamW, weight decay 0.01, `proj_out`
 # started at zero so a module starts as the bare backbone), evaluated on validation windows every few
 # steps and stopped when the validation loss plateaus, its best state restored. Each candidate is then
