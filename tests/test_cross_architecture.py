@@ -74,6 +74,18 @@ def test_untestable_setting_gets_that_verdict(smoke_result: tuple[dict, Path]) -
         assert result["verdict"] == "not testable in this regime"
 
 
+def test_a_rerun_reads_every_kd_arm_from_the_module_store(smoke_result: tuple[dict, Path]) -> None:
+    """Recomputing a setting runs no KD again (every arm read from the store), and scores the same."""
+    result, _ = smoke_result
+    rerun = ca.run_setting(ca.validate("smoke", **TINY), KEY, resume=False).record
+    kd = rerun["training"]["kd"]
+    assert set(kd) == set(result["settings"][KEY]["training"]["kd"])
+    assert all(log["from_cache"] and log["stage_s"] >= 0 for log in kd.values())
+    assert rerun["comparisons"] == result["settings"][KEY]["comparisons"]
+    # Which arms kept the source's domain part is checked on stored arms as on trained ones.
+    assert rerun["training"]["domain_hash"] == result["settings"][KEY]["training"]["domain_hash"]
+
+
 def test_kd_runs_record_curves_and_fair_starts(smoke_result: tuple[dict, Path]) -> None:
     setting = smoke_result[0]["settings"][KEY]
     starts = smoke_result[0]["setting_stats"][KEY]["kd_starts"]

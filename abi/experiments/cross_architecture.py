@@ -60,6 +60,7 @@ from abi.experiments.cross_architecture_setup import (
     setting_key,
 )
 from abi.experiments.cross_architecture_stats import ARMS, PUBLISHED, REQUIRED_ARMS, derive
+from abi.module_store import code_digest
 from abi.nib import get_protocol
 from abi.paths import cache_dir
 from abi.profiles import register_profiles, resolve_parameters
@@ -296,18 +297,14 @@ class SettingRun:
 
 
 def _library_digest() -> str:
-    """sha256 over every source file of the library: any code change invalidates a kept setting."""
-    digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
-        digest.update(f"{path.relative_to(root)}\0".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """sha256 over the code this claim's run imports (:func:`abi.module_store.code_digest`): an edit to a
+    report, a figure or another claim keeps a finished setting."""
+    return code_digest(__name__)
 
 
 def _finished_setting_path(params: dict[str, Any], key: str) -> Path:
     """Where a finished setting is kept until the result is written, keyed by the parameters, the
-    setting and the library's code."""
+    setting and the code the claim imports."""
     identity = {"params": params, "setting": key, "library": _library_digest()}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return cache_dir() / "runs" / CLAIM / f"{digest}.json"

@@ -15,6 +15,7 @@ and native modules are kept as module files named by everything their weights de
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from abi.experiments.cross_architecture_setup import SettingSetup
 from abi.features import FeatureSet
 from abi.kd_calibration import KDConfig, KDValidation, head_precision, kd_calibrate
 from abi.module import ABIModule, ModuleConfig, count_parameters, parameter_hash
+from abi.module_store import code_digest, state_digest, trained
 from abi.paths import cache_dir
 from abi.train import PlateauRule, module_corrections, train_domain_stage
 from abi.transfer import fit_interface_maps, migrate_module
@@ -200,6 +202,43 @@ def _kd_starts(params: dict[str, Any], source: ABIModule, maps: Any, d_model: in
     return starts
 
 
+def kd_stored(
+    setup: SettingSetup,
+    module: ABIModule,
+    reference: ABIModule,
+    teacher: torch.Tensor,
+    validation: KDValidation,
+    config: KDConfig,
+    seed: int,
+    label: str,
+) -> dict[str, Any]:
+    """KD-calibrate ``module`` in place towards ``reference``'s corrections (``teacher``, on the target's
+    training windows) and return the log; read from the module store (:mod:`abi.module_store`) when the
+    same calibration ran before. The start (migrated, random or re-initialised module) is in the key by
+    its weights, the teacher by the reference module's."""
+    params, train = setup.params, setup.features["target_train"]
+    identity = {
+        "target": setup.fingerprints_before["target"],
+        "correction_site": setup.target.correction_site,
+        "taps": list(setup.target_taps),
+        "train_windows": train.windows.content_hash(),
+        "validation_windows": validation.features.windows.content_hash(),
+        "teacher": state_digest(reference),
+        "config": dataclasses.asdict(config),
+        "rule": validation.rule.to_dict(),
+        "feature_dtype": params["feature_dtype"],
+        "seed": seed,
+    }
+
+    def run() -> dict[str, Any]:
+        log = kd_calibrate(
+            module, teacher, setup.target, train, config, seed=seed, desc=f"{setup.key}: {label}", validation=validation
+        )
+        return log.to_dict()
+
+    return trained("kd", f"{setup.key}-{label}", module, identity, code_digest(__name__), run)
+
+
 def train_setting(setup: SettingSetup, claim: str) -> SettingArms:
     """Source modules, native target modules, Procrustes maps, then every arm's KD calibration.
 
@@ -223,18 +262,11 @@ def train_setting(setup: SettingSetup, claim: str) -> SettingArms:
             source = sources[seed]
             if "procrustes_only" in params["arms"]:
                 arms[f"procrustes_only/{seed}"] = migrate_module(source, target_d_model, maps)
-            for arm, (module, trained) in _kd_starts(params, source, maps, target_d_model, seed).items():
-                log = kd_calibrate(
-                    module,
-                    teacher,
-                    setup.target,
-                    train,
-                    kd_config(params, trained),
-                    seed=seed,
-                    desc=f"{setup.key}: KD {arm} {seed}",
-                    validation=validation,
+            for arm, (module, trains) in _kd_starts(params, source, maps, target_d_model, seed).items():
+                config = kd_config(params, trains)
+                records["kd"][f"{arm}/{seed}"] = kd_stored(
+                    setup, module, reference, teacher, validation, config, seed, f"KD {arm} {seed}"
                 )
-                records["kd"][f"{arm}/{seed}"] = log.to_dict()
                 arms[f"{arm}/{seed}"] = module
             source_domain = records["source_files"][str(seed)]["domain_sha256"]
             for name in (n for n in arms if n.endswith(f"/{seed}")):
