@@ -37,7 +37,15 @@ from myst_nb import glue
 
 from abi.paths import REPO_ROOT
 from abi.plotting.cost_and_scaling import plot_memory, plot_scaling
-from abi.reports.cost_and_scaling import end_to_end_table, feature_cache_table, glue_values, growth_table, nib_table, nib_target
+from abi.reports.cost_and_scaling import (
+    claim_times_table,
+    end_to_end_table,
+    feature_cache_table,
+    glue_values,
+    growth_table,
+    nib_table,
+    nib_target,
+)
 from abi.reports.loading import load_benchmarks
 
 source = Path(benchmarks_dir) if benchmarks_dir else REPO_ROOT / "results"
@@ -46,6 +54,7 @@ cpu = load_benchmarks(source / "benchmarks.json", copy_to=out_dir)
 gpu = load_benchmarks(source / "benchmarks-gpu.json", copy_to=out_dir, required=False)
 for key, value in glue_values(cpu).items():
     glue(key, value, display=False)
+glue("bench_claim_times", claim_times_table(cpu), display=False)  # shown in the reproduce chapter
 display(Markdown(f"CPU measurements on **{cpu['device']}**."))
 
 # %% [markdown]

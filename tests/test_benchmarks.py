@@ -168,3 +168,19 @@ def test_modules_read_from_the_store_count_what_training_them_cost() -> None:
     # Trained in this run: already in the recorded stage times; read from the store: their training time.
     assert stored_module_seconds(result) == 165.5
     assert stored_module_seconds({"timings": {}}) == 0.0
+
+
+def test_the_reproduce_chapter_table_has_each_claims_warm_and_empty_store_cost() -> None:
+    from abi.reports.cost_and_scaling import claim_times_table
+
+    runs = [
+        {"notebook": "test suite", "profile": "-", "wall_s": 400.0, "target_s": 600, "meets_target": True},
+        {"notebook": "01_core_nib", "profile": "cpu", "wall_s": 1572.0, "stages_s": 1551.0, "stored_modules_s": 3549.0}
+        | {"target_s": 1800, "meets_target": True},
+        {"notebook": "90_summary", "profile": "cpu", "wall_s": 16.0},
+        {"notebook": "01_core_nib", "profile": "smoke", "wall_s": 12.0, "target_s": 120, "meets_target": True},
+    ]
+    table = claim_times_table({"sections": {"end_to_end": {"runs": runs}}})
+    assert list(table["notebook"]) == ["01_core_nib"]
+    assert table.iloc[0]["warm caches (min)"] == 26.2
+    assert table.iloc[0]["with an empty module store (min)"] == 85.0
