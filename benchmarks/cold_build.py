@@ -1,0 +1,130 @@
+"""Benchmark: one cold ``make book`` on this machine, timed end to end.
+
+A fresh clone of HEAD in a scratch folder gets only what ``make setup`` installs: the environment (this
+checkout's ``.venv``, with the clone first on ``PYTHONPATH`` so the clone's own code runs) and the caches
+that setup fills (model copies, quantized files, tokenizers, the corpus, MathJax). Everything the
+notebooks compute starts empty: tap features, fine-tuned backbones, trained modules, pooled sentences,
+token streams, kept settings. ``make book FORCE=1`` then re-runs every notebook (a clone's committed
+stamps are current, so a plain ``make book`` would skip them all) and builds the book and its PDF.
+
+Recorded in ``results/benchmarks.json`` (section ``cold_build``): the wall time against the 150-min
+target, each notebook's wall time from its stamp, the lanes' jobs and threads, and whether the results
+the cold run wrote equal the committed ones value for value, timings and cache flags aside (a cold run
+that trains every module again must land on the same numbers).
+
+Run: ``python -m benchmarks.cold_build`` (2-3 hours on 2 cores; do nothing else heavy meanwhile: the
+time counts whatever shares the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from abi.paths import REPO_ROOT
+from abi.pipeline import KERNEL_THREADS, notebook_names
+from benchmarks.common import write_section
+
+TARGET_MINUTES = 150  # issue 12: all claims, both regimes, cold caches, 2 cores
+# What `make setup` fills (abi.cli prefetch, npm): a cold build starts with these and nothing else.
+SETUP_CACHES = ("models", "gguf", "tokenizers", "corpora", "mathjax")
+# Keys whose values are the run's cost or cache state, not its science.
+RUN_STATE_KEY = re.compile(
+    r"(_s|seconds)$|^(provenance|resources|from_cache|time|timings|machine|git_commit|peak_rss_mib|command)$"
+)
+
+
+def prepare_clone(workdir: Path) -> str:
+    """A fresh clone of HEAD at ``workdir`` with the environment and setup caches linked in; returns its commit."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(workdir)], check=True)
+    (workdir / ".venv").symlink_to(REPO_ROOT / ".venv")
+    (workdir / ".cache").mkdir()
+    for name in SETUP_CACHES:
+        source = REPO_ROOT / ".cache" / name
+        if not source.is_dir():
+            raise SystemExit(f"{source} is missing: run `make setup` in {REPO_ROOT} first.")
+        (workdir / ".cache" / name).symlink_to(source)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True)
+    return head.stdout.strip()
+
+
+def differences(committed: Any, rebuilt: Any, path: str = "") -> list[str]:
+    """Paths where two result trees differ, run-state keys (``RUN_STATE_KEY``) skipped."""
+    if isinstance(committed, dict) and isinstance(rebuilt, dict):
+        found = []
+        for key in sorted(set(committed) | set(rebuilt)):
+            if RUN_STATE_KEY.search(key):
+                continue
+            if key not in committed or key not in rebuilt:
+                found.append(f"{path}/{key} (only in {'rebuilt' if key in rebuilt else 'committed'})")
+                continue
+            found += differences(committed[key], rebuilt[key], f"{path}/{key}")
+        return found
+    if isinstance(committed, list) and isinstance(rebuilt, list):
+        if len(committed) != len(rebuilt):
+            return [f"{path} (length {len(committed)} vs {len(rebuilt)})"]
+        return [diff for i, (a, b) in enumerate(zip(committed, rebuilt)) for diff in differences(a, b, f"{path}[{i}]")]
+    return [] if committed == rebuilt else [f"{path} ({committed!r} vs {rebuilt!r})"]
+
+
+def compare_results(committed: dict[str, Any], results_dir: Path) -> dict[str, Any]:
+    """Per claim result file: identical to the committed one (science only), or the first differences."""
+    report = {}
+    for name, before in sorted(committed.items()):
+        path = results_dir / name
+        after = json.loads(path.read_text()) if path.is_file() else None
+        found = ["(not written)"] if after is None else differences(before, after)
+        report[name] = {"identical": not found, "differences": len(found), "first": found[:10]}
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/abi-cold-build"))
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    commit = prepare_clone(args.workdir)
+    claims = [p.name for p in sorted((args.workdir / "results").glob("*.json")) if not p.name.startswith("bench")]
+    committed = {name: json.loads((args.workdir / "results" / name).read_text()) for name in claims}
+    command = ["make", "-o", ".venv/.setup-done", "book", "FORCE=1", f"JOBS={args.jobs}", "PROFILE=cpu"]
+    env = {**os.environ, "PYTHONPATH": str(args.workdir)}
+    print(f"cold build of {commit[:12]} in {args.workdir}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    code = subprocess.run(command, cwd=args.workdir, env=env).returncode
+    wall = round(time.perf_counter() - start, 1)
+    executed = args.workdir / "book" / "executed"
+    notebooks = {}
+    for name in notebook_names():
+        stamp = executed / f".{name}.inputs.json"
+        notebooks[name] = json.loads(stamp.read_text()).get("wall_s") if stamp.is_file() else None
+    record = {
+        "commit": commit,
+        "profile": "cpu",
+        "jobs": args.jobs,
+        "threads_per_notebook": KERNEL_THREADS,
+        "setup_caches_kept": list(SETUP_CACHES),
+        "exit_code": code,
+        "wall_s": wall,
+        "target_s": TARGET_MINUTES * 60,
+        "meets_target": code == 0 and wall <= TARGET_MINUTES * 60,
+        "notebook_wall_s": notebooks,
+        "results_match_committed": compare_results(committed, args.workdir / "results"),
+        "source": "measured in this run",
+    }
+    print(json.dumps(record, indent=1))
+    print(f"written to {write_section('cpu', 'cold_build', record)}")
+    if code:
+        raise SystemExit(f"the cold build failed (exit {code}); its tree is kept at {args.workdir}.")
+
+
+if __name__ == "__main__":
+    main()
