@@ -190,14 +190,25 @@ def run_notebooks(
             f"--jobs must be at least 1 and --threads at least 0 (0: torch's default); got {jobs}, {threads}."
         )
     layout.executed_dir.mkdir(parents=True, exist_ok=True)
-    claims = [name for name in names if not is_report(name)]
-    if jobs == 1 or len(claims) < 2:
+    if jobs == 1:
         return _run_in_order(layout, force, names, threads)
-    from abi.notebook_lanes import lanes
+    # Lanes only for the claims that will run: a current claim is skipped wherever it stands, since no
+    # claim reads another's results.
+    claims = [name for name in names if not is_report(name)]
+    pending = [name for name in claims if force or not is_current(layout, name)]
+    records = []
+    for name in (name for name in claims if name not in pending):
+        print(f"{name}: inputs unchanged since the stored run, skipped", flush=True)
+        records.append({"notebook": name, "executed": False})
+    if len(pending) < 2:
+        records += _run_in_order(layout, force, tuple(pending), threads)
+    else:
+        from abi.notebook_lanes import lanes
 
-    index = RepoIndex(REPO_ROOT)
-    grouped = lanes(claims, lambda name: index.dependencies(NOTEBOOK_DIR / f"{name}.ipynb"))
-    records = _run_lanes(layout, force, grouped, jobs, threads)
+        index = RepoIndex(REPO_ROOT)
+        grouped = lanes(pending, lambda name: index.dependencies(NOTEBOOK_DIR / f"{name}.ipynb"))
+        records += _run_lanes(layout, force, grouped, jobs, threads)
+    records.sort(key=lambda record: names.index(record["notebook"]))
     return records + _run_in_order(layout, force, tuple(name for name in names if is_report(name)), threads)
 
 

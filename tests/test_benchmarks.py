@@ -184,3 +184,45 @@ def test_the_reproduce_chapter_table_has_each_claims_warm_and_empty_store_cost()
     assert list(table["notebook"]) == ["01_core_nib"]
     assert table.iloc[0]["warm caches (min)"] == 26.2
     assert table.iloc[0]["with an empty module store (min)"] == 85.0
+
+
+COLD = {
+    "commit": "11f0375abcdef0123",
+    "jobs": 2,
+    "threads_per_notebook": 1,
+    "setup_caches_kept": ["models", "corpora"],
+    "exit_code": 0,
+    "wall_s": 7800.0,
+    "target_s": 9000,
+    "meets_target": True,
+    "notebook_wall_s": {"01_core_nib": 5400.0, "90_summary": 30.0, "04_backbone_invariance": None},
+    "results_match_committed": {
+        "core_nib.json": {"identical": True, "differences": 0, "first": []},
+        "backbone_invariance.json": {"identical": False, "differences": 2, "first": ["/a (1 vs 2)", "/b (x)"]},
+    },
+}
+
+
+def test_the_cold_build_table_and_sentence_come_from_its_record() -> None:
+    from abi.reports.cost_and_scaling import cold_build_summary, cold_build_table
+
+    benchmarks = {"sections": {"cold_build": COLD}}
+    table = cold_build_table(benchmarks)
+    assert list(table["cold wall (min)"]) == [90.0, 0.5, "-"]
+    assert list(table["results equal the committed ones"]) == [
+        "yes, value for value",
+        "-",
+        "no: 2 difference(s), first /a (1 vs 2); /b (x)",
+    ]
+    sentence = cold_build_summary(benchmarks)
+    assert "took 130.0 min, within the 150-min target" in sentence and "models, corpora" in sentence
+    assert "1 of its 2 claim result files equal" in sentence
+    over = cold_build_summary({"sections": {"cold_build": {**COLD, "meets_target": False, "exit_code": 2}}})
+    assert "failed, over the 150-min target" in over
+
+
+def test_an_untimed_cold_build_says_so() -> None:
+    from abi.reports.cost_and_scaling import cold_build_summary, cold_build_table
+
+    assert cold_build_table({"sections": {}}) is None
+    assert "has not been timed" in cold_build_summary({"sections": {}})

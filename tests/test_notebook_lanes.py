@@ -105,3 +105,22 @@ def test_kernels_get_the_thread_count():
     assert pipeline._kernel_env(1)["OMP_NUM_THREADS"] == "1"
     assert "OMP_NUM_THREADS" not in pipeline._kernel_env(0)
     assert json.dumps(pipeline._kernel_env())  # plain strings only
+
+
+def test_current_claims_are_skipped_without_a_lane(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Only the claims that will run are put in lanes; one pending claim runs in this process."""
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(pipeline, "is_current", lambda layout, name: name != "02_cross_architecture")
+    monkeypatch.setattr(pipeline, "_run_lanes", lambda *args: pytest.fail("no lanes for one pending claim"))
+
+    def in_order(layout, force, names, threads):
+        ran.append(names)
+        return [{"notebook": name, "executed": True, "wall_s": 1.0} for name in names]
+
+    monkeypatch.setattr(pipeline, "_run_in_order", in_order)
+    layout = pipeline.BuildLayout.for_profile("smoke", tmp_path)
+    records = pipeline.run_notebooks(layout, jobs=2)
+    claims = [name for name in pipeline.notebook_names() if not pipeline.is_report(name)]
+    assert ran[0] == ("02_cross_architecture",)
+    assert [r["notebook"] for r in records[: len(claims)]] == claims
+    assert [r["executed"] for r in records[: len(claims)]] == [name == "02_cross_architecture" for name in claims]

@@ -134,6 +134,54 @@ def claim_times_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
     return claims[list(columns)].rename(columns=columns).reset_index(drop=True)
 
 
+def cold_build_table(benchmarks: dict[str, Any]) -> pd.DataFrame | None:
+    """The timed cold ``make book`` (``benchmarks/cold_build.py``), one row per notebook: its wall time in
+    that run and whether the result file it wrote equals the committed one; None when it was not timed.
+    Claim notebooks ran side by side, so their times add up to more than the build's."""
+    cold = benchmarks["sections"].get("cold_build")
+    if cold is None:
+        return None
+    matches = cold["results_match_committed"]
+    rows = []
+    for name, wall in cold["notebook_wall_s"].items():
+        match = matches.get(f"{name.split('_', 1)[1]}.json")  # 01_core_nib -> core_nib.json
+        rows.append(
+            {
+                "notebook": name,
+                "cold wall (min)": round(wall / 60, 1) if wall is not None else None,
+                "results equal the committed ones": None if match is None else _match_words(match),
+            }
+        )
+    return _dashes(pd.DataFrame(rows))
+
+
+def cold_build_summary(benchmarks: dict[str, Any]) -> str:
+    """One sentence on the timed cold ``make book``: its wall time against the target, how it ran, and
+    whether it reproduced the committed results."""
+    cold = benchmarks["sections"].get("cold_build")
+    if cold is None:
+        return "A cold `make book` has not been timed (`python -m benchmarks.cold_build` times one)."
+    minutes, target = cold["wall_s"] / 60, cold["target_s"] / 60
+    outcome = "failed" if cold["exit_code"] else f"took {minutes:.1f} min"
+    verdict = "within" if cold["meets_target"] else "over"
+    matches = cold["results_match_committed"]
+    same = sum(match["identical"] for match in matches.values())
+    return (
+        f"A cold `make book` (commit `{cold['commit'][:10]}`; every cache empty but the ones `make setup` fills: "
+        f"{', '.join(cold['setup_caches_kept'])}; {cold['jobs']} claim notebooks at a time, "
+        f"{cold['threads_per_notebook']} torch thread each) {outcome}, "
+        f"{verdict} the {target:.0f}-min target. {same} of its {len(matches)} claim result files equal the "
+        "committed ones value for value (timings and cache flags aside)."
+    )
+
+
+def _match_words(match: dict[str, Any]) -> str:
+    if match["identical"]:
+        return "yes, value for value"
+    first = "; ".join(match["first"][:3])
+    return f"no: {match['differences']} difference(s), first {first}"
+
+
 def _yes_no(flag: bool | None) -> str | None:
     return None if flag is None else ("yes" if flag else "no")
 
