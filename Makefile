@@ -17,7 +17,7 @@ CI_DIR  ?= _build/ci
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup test test-fast book notebooks book-only verify lint format clean-cache benchmarks ci-book t5-mini lab sync-notebooks hooks dataset serve pdf
+.PHONY: setup test test-fast book notebooks book-only verify lint format clean-cache benchmarks cold-build ci-book t5-mini lab sync-notebooks hooks dataset serve pdf
 
 # Offline book: MathJax (npm, pinned; abi/book_assets.py copies it into each build) and Debian's
 # Chromium (tests/test_book_render.py renders the pages; front-page screenshot). Chromium needs root.
@@ -111,6 +111,11 @@ clean-cache:
 # The cost appendix's measurements (results/benchmarks.json), under 15 minutes on 2 cores.
 benchmarks: setup
 	$(PY) -m benchmarks.run
+
+# One cold `make book` on a fresh clone of HEAD in /tmp, timed end to end, its results checked against the
+# committed ones (benchmarks/cold_build.py; 2-3 hours on 2 cores, so not part of `make benchmarks`).
+cold-build: setup
+	$(PY) -m benchmarks.cold_build --jobs $(JOBS)
 
 # Retrain the project's own T5 (abi/zoo/t5_mini.py) and install it over the committed checkpoint;
 # `git diff --stat abi/zoo` then shows what changed. DEVICE=cuda where a GPU exists.

@@ -12,8 +12,8 @@ target, each notebook's wall time from its stamp, the lanes' jobs and threads, a
 the cold run wrote equal the committed ones value for value, timings and cache flags aside (a cold run
 that trains every module again must land on the same numbers).
 
-Run: ``python -m benchmarks.cold_build`` (2-3 hours on 2 cores; do nothing else heavy meanwhile: the
-time counts whatever shares the cores).
+Run: ``make cold-build`` or ``python -m benchmarks.cold_build`` (2-3 hours on 2 cores; do nothing else
+heavy meanwhile: the time counts whatever shares the cores).
 """
 
 from __future__ import annotations

@@ -125,9 +125,9 @@ end_to_end_table(cpu)
 #
 # One `make book` on a fresh clone with every computed cache empty (tap features, fine-tuned backbones,
 # trained modules, pooled sentences, token streams, kept settings), timed end to end by
-# `python -m benchmarks.cold_build`: every notebook re-runs, every module is trained again, and the book
+# `make cold-build` (`benchmarks/cold_build.py`): every notebook re-runs, every module is trained again, and the book
 # and its PDF are built. The claim notebooks run side by side, one per core (a claim that reads another
-# claim's trained modules waits for it: claim 3 runs after claim 1), so their times add up to more than
+# claim's trained modules waits for it: claim 3 runs after claim 1), so their times can add up to more than
 # the build's. The benchmark then compares each result file the cold run wrote with the committed one:
 # a cold run must land on the same numbers as the warm runs that wrote the committed results.
 

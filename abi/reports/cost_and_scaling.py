@@ -137,7 +137,7 @@ def claim_times_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
 def cold_build_table(benchmarks: dict[str, Any]) -> pd.DataFrame | None:
     """The timed cold ``make book`` (``benchmarks/cold_build.py``), one row per notebook: its wall time in
     that run and whether the result file it wrote equals the committed one; None when it was not timed.
-    Claim notebooks ran side by side, so their times add up to more than the build's."""
+    Claim notebooks ran side by side, so their times can add up to more than the build's."""
     cold = benchmarks["sections"].get("cold_build")
     if cold is None:
         return None
@@ -160,7 +160,7 @@ def cold_build_summary(benchmarks: dict[str, Any]) -> str:
     whether it reproduced the committed results."""
     cold = benchmarks["sections"].get("cold_build")
     if cold is None:
-        return "A cold `make book` has not been timed (`python -m benchmarks.cold_build` times one)."
+        return "A cold `make book` has not been timed (`make cold-build` times one)."
     minutes, target = cold["wall_s"] / 60, cold["target_s"] / 60
     outcome = "failed" if cold["exit_code"] else f"took {minutes:.1f} min"
     verdict = "within" if cold["meets_target"] else "over"
