@@ -5,6 +5,11 @@ papermill injects the parameters it is given as a cell of assignments after the 
 notebook hands its whole namespace to :func:`start_run`, which treats every plain-valued global as
 a parameter: an unknown one is refused, naming the known ones, before any model loads. The names
 are declared once, in the parameters cell.
+
+It also fixes the number of torch threads (:func:`pin_torch_threads`): a CPU sum split over two threads
+adds its floats in another order than one thread does, so a module trained with two differs from one
+trained with one by about 1e-6 after a few steps, and a contrast near zero can change its sign. The
+committed results were made with one thread, so a notebook opened in JupyterLab gets one too.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from typing import Any
 
 from abi.paths import results_dir as default_results_dir
 from abi.profiles import ParameterError
+
+# Torch threads of a claim run unless ``ABI_TORCH_THREADS`` says otherwise (0: torch's own default, one
+# per core): the committed cpu results were made with one.
+COMMITTED_TORCH_THREADS = 1
+THREADS_ENV = "ABI_TORCH_THREADS"
 
 # Globals IPython defines itself with plain values; every other plain-valued global is a parameter.
 _IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
@@ -51,14 +61,38 @@ def check_results_dir(results_dir: str | os.PathLike | None) -> Path:
     return path
 
 
+def pin_torch_threads() -> int:
+    """Set torch's intra-op threads to ``ABI_TORCH_THREADS`` (default :data:`COMMITTED_TORCH_THREADS`) and
+    return the count now in use; results match the committed ones only at the count they were made with."""
+    import torch
+
+    text = os.environ.get(THREADS_ENV, str(COMMITTED_TORCH_THREADS))
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise ParameterError(
+            f"{THREADS_ENV}={text!r} is not a thread count; set it to 1 or more, or 0 for torch's default."
+        )
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def start_run(validate: Callable[..., dict[str, Any]], namespace: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
     """Validate a notebook's parameters with its claim's ``validate`` and check its output folder.
 
     Returns the resolved parameters and the results folder; raises before any work on a bad value.
+    Pins the torch threads (:func:`pin_torch_threads`) and says how many it uses.
     """
     values = notebook_parameters(namespace)
     if "profile" not in values:
         raise ParameterError("the notebook's parameters cell must define `profile`.")
     profile = values.pop("profile")
     out_dir = check_results_dir(values.pop("results_dir", None))
-    return validate(profile, **values), out_dir
+    params = validate(profile, **values)
+    threads = pin_torch_threads()
+    note = "as the committed results" if threads == COMMITTED_TORCH_THREADS else "the committed results used 1"
+    print(f"torch threads: {threads} ({note}; set {THREADS_ENV} to change)")
+    return params, out_dir

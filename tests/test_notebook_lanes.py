@@ -104,6 +104,7 @@ def test_bad_jobs_or_threads_are_refused_before_anything_runs(tmp_path: Path):
 def test_kernels_get_the_thread_count():
     assert pipeline._kernel_env(1)["OMP_NUM_THREADS"] == "1"
     assert "OMP_NUM_THREADS" not in pipeline._kernel_env(0)
+    assert pipeline._kernel_env(0)["ABI_TORCH_THREADS"] == "0"  # the kernel's start_run leaves torch's default
     assert json.dumps(pipeline._kernel_env())  # plain strings only
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from abi.experiments import core_nib
-from abi.notebook import notebook_parameters, start_run
+from abi.notebook import THREADS_ENV, notebook_parameters, pin_torch_threads, start_run
 from abi.profiles import ParameterError, resolve_parameters
 
 
@@ -100,9 +101,33 @@ def test_start_run_refuses_a_results_dir_that_is_a_file(tmp_path: Path) -> None:
         start_run(core_nib.validate, {"profile": "smoke", "results_dir": str(file)})
 
 
-def test_start_run_returns_the_parameters_and_the_folder(tmp_path: Path) -> None:
+def test_start_run_returns_the_parameters_and_the_folder(tmp_path: Path, torch_threads_restored) -> None:
     params, out_dir = start_run(
         core_nib.validate, {"profile": "smoke", "results_dir": str(tmp_path / "out"), "calibration_steps": 8}
     )
     assert params["calibration_steps"] == 8 and params["profile"] == "smoke"
     assert out_dir == tmp_path / "out" and (out_dir / "figures").is_dir()
+
+
+@pytest.fixture
+def torch_threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_claim_run_uses_the_thread_count_of_the_committed_results(monkeypatch, torch_threads_restored) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    torch.set_num_threads(2)
+    assert pin_torch_threads() == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert pin_torch_threads() == 2
+    monkeypatch.setenv(THREADS_ENV, "0")  # torch's default: left as it is
+    assert pin_torch_threads() == 2
+
+
+@pytest.mark.parametrize("text", ["two", "-1"])
+def test_a_thread_count_that_is_not_one_is_refused(monkeypatch, torch_threads_restored, text: str) -> None:
+    monkeypatch.setenv(THREADS_ENV, text)
+    with pytest.raises(ParameterError, match=f"{THREADS_ENV}='{text}' is not a thread count"):
+        pin_torch_threads()
