@@ -30,14 +30,16 @@ from typing import Any
 
 from abi.paths import REPO_ROOT
 from abi.pipeline import KERNEL_THREADS, notebook_names
-from benchmarks.common import write_section
+from benchmarks.common import results_path, write_section
 
 TARGET_MINUTES = 150  # issue 12: all claims, both regimes, cold caches, 2 cores
 # What `make setup` fills (abi.cli prefetch, npm): a cold build starts with these and nothing else.
 SETUP_CACHES = ("models", "gguf", "tokenizers", "corpora", "mathjax")
-# Keys whose values are the run's cost or cache state, not its science.
+# Keys whose values are the run's cost or cache state, not its science; ``content_sha256`` is a digest
+# over the whole file, run state included, so it differs whenever a timing does.
 RUN_STATE_KEY = re.compile(
-    r"(_s|seconds)$|^(provenance|resources|from_cache|time|timings|machine|git_commit|peak_rss_mib|command)$"
+    r"(_s|seconds|s_per_step)$"
+    r"|^(provenance|resources|from_cache|time|timings|machine|git_commit|peak_rss_mib|command|content_sha256)$"
 )
 
 
@@ -87,14 +89,52 @@ def compare_results(committed: dict[str, Any], results_dir: Path) -> dict[str, A
     return report
 
 
+def committed_results(workdir: Path) -> dict[str, Any]:
+    """The claim result files as the clone's HEAD commits them (what the cold run must land on again)."""
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", "HEAD", "results/"], cwd=workdir, capture_output=True, text=True, check=True
+    )
+    names = [Path(line).name for line in listing.stdout.split()]
+    claims = [name for name in names if name.endswith(".json") and not name.startswith("bench")]
+    shown = {
+        name: subprocess.run(["git", "show", f"HEAD:results/{name}"], cwd=workdir, capture_output=True, check=True)
+        for name in claims
+    }
+    return {name: json.loads(done.stdout) for name, done in shown.items()}
+
+
+def compare_again(workdir: Path) -> None:
+    """Re-check a finished cold tree against its commit (after a change to the comparison) and update the
+    ``results_match_committed`` of the recorded section; the timing stays the one measured."""
+    path = results_path("cpu")
+    recorded = json.loads(path.read_text()).get("sections", {}).get("cold_build") if path.is_file() else None
+    if not recorded:
+        raise SystemExit(f"{path} has no cold_build section: run `make cold-build` first.")
+    if not (workdir / ".git").is_dir():
+        raise SystemExit(f"{workdir} holds no cold-build clone: run `make cold-build` first.")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True)
+    if head.stdout.strip() != recorded["commit"]:
+        raise SystemExit(f"{workdir} is at {head.stdout.strip()[:12]}, the record at {recorded['commit'][:12]}.")
+    kept = {k: v for k, v in recorded.items() if k not in ("provenance", "command")}
+    matches = compare_results(committed_results(workdir), workdir / "results")
+    print(json.dumps(matches, indent=1))
+    record = {**kept, "results_match_committed": matches, "results_rechecked": True}
+    print(f"written to {write_section('cpu', 'cold_build', record)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/abi-cold-build"))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--compare-only", action="store_true", help="re-check the results of the cold tree already in --workdir"
+    )
     args = parser.parse_args(argv)
+    if args.compare_only:
+        compare_again(args.workdir)
+        return
     commit = prepare_clone(args.workdir)
-    claims = [p.name for p in sorted((args.workdir / "results").glob("*.json")) if not p.name.startswith("bench")]
-    committed = {name: json.loads((args.workdir / "results" / name).read_text()) for name in claims}
+    committed = committed_results(args.workdir)
     command = ["make", "-o", ".venv/.setup-done", "book", "FORCE=1", f"JOBS={args.jobs}", "PROFILE=cpu"]
     env = {**os.environ, "PYTHONPATH": str(args.workdir)}
     print(f"cold build of {commit[:12]} in {args.workdir}: {' '.join(command)}", flush=True)

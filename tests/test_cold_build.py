@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from benchmarks.cold_build import compare_results, differences
+from benchmarks.cold_build import committed_results, compare_results, differences
 
-COMMITTED = {"verdict": "mixed", "arms": [{"nib": 0.81, "stage_s": 12.0, "from_cache": True}], "provenance": {"a": 1}}
+COMMITTED = {
+    "verdict": "mixed",
+    "arms": [{"nib": 0.81, "stage_s": 12.0, "median_s_per_step": 0.03, "s_per_step": 0.1, "from_cache": True}],
+    "provenance": {"a": 1},
+    "content_sha256": "aa",
+}
 
 
 def test_cost_and_cache_state_do_not_count():
-    rebuilt = {"verdict": "mixed", "arms": [{"nib": 0.81, "stage_s": 99.0, "from_cache": False}], "provenance": {}}
+    arm = {"nib": 0.81, "stage_s": 99.0, "median_s_per_step": 0.06, "from_cache": False}
+    rebuilt = {"verdict": "mixed", "arms": [arm], "provenance": {}, "content_sha256": "bb"}
     assert differences(COMMITTED, rebuilt) == []
 
 
@@ -27,3 +34,15 @@ def test_a_result_the_rebuild_did_not_write_is_not_identical(tmp_path: Path):
     report = compare_results({"core_nib.json": COMMITTED, "gone.json": COMMITTED}, tmp_path)
     assert report["core_nib.json"] == {"identical": True, "differences": 0, "first": []}
     assert report["gone.json"]["identical"] is False and report["gone.json"]["first"] == ["(not written)"]
+
+
+def test_the_committed_claim_results_are_read_from_head_not_from_the_rebuilt_tree(tmp_path: Path):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "core_nib.json").write_text(json.dumps(COMMITTED))
+    (tmp_path / "results" / "benchmarks.json").write_text("{}")
+    subprocess.run([*git, "add", "results"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "results"], check=True)
+    (tmp_path / "results" / "core_nib.json").write_text(json.dumps({"verdict": "rebuilt"}))
+    assert committed_results(tmp_path) == {"core_nib.json": COMMITTED}
