@@ -66,6 +66,7 @@ def test_result_verifies_with_settings_gates_and_verdicts(smoke_result: tuple[di
     assert loaded["parameters"]["correction_site"] == "after_final_norm"
     assert all(s["correction_site"] == "after_final_norm" for s in loaded["settings"].values())
     assert loaded["verdict"] in VERDICTS and all(v in VERDICTS for v in loaded["row_verdicts"].values())
+    assert loaded["resources"]["peak_rss_mib"] > 0 and loaded["resources"]["wall_s"] > 0  # the appendix's memory cell
     for name, gate in loaded["regime_gates"].items():
         assert set(gate) == {"module_ppl_reduction", "bare_backbone_nib", "testable"}
         assert set(loaded["update_gates"][name]) == {"plain", "protected"}

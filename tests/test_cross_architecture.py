@@ -231,3 +231,14 @@ def test_pairs_by_domain_chooses_which_pairs_run_in_a_domain() -> None:
         ca.validate("smoke", pairs=two, pairs_by_domain={"prose": two})
     with pytest.raises(ValueError, match="must list some of pairs"):
         ca.validate("smoke", pairs=two, pairs_by_domain={"python": ["tiny-t5 -> tiny-llama"]})
+
+
+def test_the_committed_setting_paragraphs_read_cleanly():
+    """Each setting's paragraph opens an interval once: no "(a to b) (mean over ...)" pile-up."""
+    from abi.paths import REPO_ROOT
+
+    result = load_result(REPO_ROOT / "results" / "cross_architecture.json")
+    for key in result["settings"]:
+        sentence = report.setting_sentence(result, key)
+        assert ") (" not in sentence, sentence
+        assert "the mean over 3 seeds (NIB passes for" in sentence

@@ -264,6 +264,7 @@ def build_result(shared: Shared, runs: dict[str, SettingRun]) -> dict[str, Any]:
         params,
         backbone=backbone_record(shared.backbone, shared.fingerprint_before),
         timings={"shared": shared.watch.timings, **{name: run.record["timings"] for name, run in runs.items()}},
+        resources=shared.watch.resources(),  # this process's wall time and peak memory, for the cost appendix
         published=PUBLISHED,
         settings={name: {k: v for k, v in run.record.items() if k != "timings"} for name, run in runs.items()},
     )

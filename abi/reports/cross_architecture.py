@@ -19,6 +19,7 @@ from abi.experiments.cross_architecture_stats import (
 from abi.nib import CORE_METRICS
 from abi.reports.formatting import METRIC_LABELS, compact_number, count_of, interval
 from abi.reports.gate_words import bare_verb, ppl_change
+from abi.verdicts import GATE_MIN_PPL_REDUCTION
 
 CLAIM_LABEL = "2. cross-architecture"
 _BEATS = {
@@ -208,17 +209,19 @@ def setting_sentence(result: dict[str, Any], key: str) -> str:
     groups, pooled, verdicts = stats["groups"], stats["contrasts"]["pooled"], stats["verdicts"]
     gate_text = (
         f"the source module {ppl_change(gate['module_ppl_reduction'])} on its own model "
-        f"(weakest seed; the gate asks 25 %) and the bare source model "
+        f"(weakest seed; the gate asks at least {GATE_MIN_PPL_REDUCTION:.0%}) and the bare source model "
         f"{bare_verb(gate['bare_backbone_nib'])} the NIB against it"
     )
     numbers = (
-        f"Held-out top-5 with the native target module: migrated {interval(groups['migrated']['top5'])} (mean over "
-        f"{len(seeds)} seeds; NIB passes for {count_of(verdicts['held_out_nib_migrated'][s] == 'PASS' for s in seeds)}"
-        f" seeds); the random module through the same Procrustes + KD {interval(groups['random_module']['top5'])}, "
-        f"and the migrated module {_BEATS[verdicts['migrated_beats_random_module']]} (difference "
-        f"{interval(pooled['migrated_minus_random_module'])}); the bare target "
-        f"{comparisons['no_module']['summary']['top5']:.4f}, and the migrated module "
-        f"{_BEATS[verdicts['migrated_beats_no_module']]} (difference {interval(pooled['migrated_minus_no_module'])})."
+        f"Held-out top-5 with the native target module: migrated {interval(groups['migrated']['top5'])}, the mean "
+        f"over {len(seeds)} seeds (NIB passes for "
+        f"{count_of(verdicts['held_out_nib_migrated'][s] == 'PASS' for s in seeds)} seeds); the random module "
+        f"through the same Procrustes + KD {interval(groups['random_module']['top5'])}; "
+        f"migrated minus random {interval(pooled['migrated_minus_random_module'])}, so the migrated module "
+        f"{_BEATS[verdicts['migrated_beats_random_module']]}; the bare target "
+        f"{comparisons['no_module']['summary']['top5']:.4f}, migrated minus bare "
+        f"{interval(pooled['migrated_minus_no_module'])}, so the migrated module "
+        f"{_BEATS[verdicts['migrated_beats_no_module']]}."
     )
     if "ceiling" in comparisons:
         numbers += f" A second native module reaches {comparisons['ceiling']['summary']['top5']:.4f}."
