@@ -55,8 +55,7 @@ def prepare_clone(workdir: Path) -> str:
         if not source.is_dir():
             raise SystemExit(f"{source} is missing: run `make setup` in {REPO_ROOT} first.")
         (workdir / ".cache" / name).symlink_to(source)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True)
-    return head.stdout.strip()
+    return _head(workdir)
 
 
 def differences(committed: Any, rebuilt: Any, path: str = "") -> list[str]:
@@ -79,13 +78,20 @@ def differences(committed: Any, rebuilt: Any, path: str = "") -> list[str]:
 
 
 def compare_results(committed: dict[str, Any], results_dir: Path) -> dict[str, Any]:
-    """Per claim result file: identical to the committed one (science only), or the first differences."""
+    """Per claim result file: identical to the committed one (science only), or the first differences and
+    every difference in a verdict (a changed number matters less than a changed conclusion)."""
     report = {}
     for name, before in sorted(committed.items()):
         path = results_dir / name
         after = json.loads(path.read_text()) if path.is_file() else None
         found = ["(not written)"] if after is None else differences(before, after)
-        report[name] = {"identical": not found, "differences": len(found), "first": found[:10]}
+        verdicts = [diff for diff in found if "verdict" in diff.split(" (")[0]]
+        report[name] = {
+            "identical": not found,
+            "differences": len(found),
+            "first": found[:10],
+            "verdict_differences": verdicts,
+        }
     return report
 
 
@@ -103,23 +109,35 @@ def committed_results(workdir: Path) -> dict[str, Any]:
     return {name: json.loads(done.stdout) for name, done in shown.items()}
 
 
-def compare_again(workdir: Path) -> None:
-    """Re-check a finished cold tree against its commit (after a change to the comparison) and update the
-    ``results_match_committed`` of the recorded section; the timing stays the one measured."""
+def compare_again(workdir: Path, against_checkout: bool = False) -> None:
+    """Re-check a finished cold tree and update the recorded section; the timing stays the one measured.
+
+    By default against the clone's own commit (after a change to the comparison: ``results_match_committed``);
+    with ``against_checkout``, against the results this checkout commits now (after committed results were
+    regenerated: ``results_match_checkout``, with the checkout's commit).
+    """
     path = results_path("cpu")
     recorded = json.loads(path.read_text()).get("sections", {}).get("cold_build") if path.is_file() else None
     if not recorded:
         raise SystemExit(f"{path} has no cold_build section: run `make cold-build` first.")
     if not (workdir / ".git").is_dir():
         raise SystemExit(f"{workdir} holds no cold-build clone: run `make cold-build` first.")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True)
-    if head.stdout.strip() != recorded["commit"]:
-        raise SystemExit(f"{workdir} is at {head.stdout.strip()[:12]}, the record at {recorded['commit'][:12]}.")
+    if _head(workdir) != recorded["commit"]:
+        raise SystemExit(f"{workdir} is at {_head(workdir)[:12]}, the record at {recorded['commit'][:12]}.")
     kept = {k: v for k, v in recorded.items() if k not in ("provenance", "command")}
-    matches = compare_results(committed_results(workdir), workdir / "results")
+    if against_checkout:
+        matches = compare_results(committed_results(REPO_ROOT), workdir / "results")
+        record = {**kept, "results_match_checkout": {"commit": _head(REPO_ROOT), "files": matches}}
+    else:
+        matches = compare_results(committed_results(workdir), workdir / "results")
+        record = {**kept, "results_match_committed": matches, "results_rechecked": True}
     print(json.dumps(matches, indent=1))
-    record = {**kept, "results_match_committed": matches, "results_rechecked": True}
     print(f"written to {write_section('cpu', 'cold_build', record)}")
+
+
+def _head(repo: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,9 +147,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compare-only", action="store_true", help="re-check the results of the cold tree already in --workdir"
     )
+    parser.add_argument(
+        "--against-checkout",
+        action="store_true",
+        help="with --compare-only: compare with the results this checkout commits, not the clone's",
+    )
     args = parser.parse_args(argv)
     if args.compare_only:
-        compare_again(args.workdir)
+        compare_again(args.workdir, args.against_checkout)
         return
     commit = prepare_clone(args.workdir)
     committed = committed_results(args.workdir)

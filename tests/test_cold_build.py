@@ -32,7 +32,7 @@ def test_a_changed_value_a_missing_key_and_a_shorter_list_are_named():
 def test_a_result_the_rebuild_did_not_write_is_not_identical(tmp_path: Path):
     (tmp_path / "core_nib.json").write_text(json.dumps(COMMITTED))
     report = compare_results({"core_nib.json": COMMITTED, "gone.json": COMMITTED}, tmp_path)
-    assert report["core_nib.json"] == {"identical": True, "differences": 0, "first": []}
+    assert report["core_nib.json"] == {"identical": True, "differences": 0, "first": [], "verdict_differences": []}
     assert report["gone.json"]["identical"] is False and report["gone.json"]["first"] == ["(not written)"]
 
 
@@ -46,3 +46,11 @@ def test_the_committed_claim_results_are_read_from_head_not_from_the_rebuilt_tre
     subprocess.run([*git, "commit", "-q", "-m", "results"], check=True)
     (tmp_path / "results" / "core_nib.json").write_text(json.dumps({"verdict": "rebuilt"}))
     assert committed_results(tmp_path) == {"core_nib.json": COMMITTED}
+
+
+def test_a_changed_verdict_is_listed_apart_from_changed_numbers(tmp_path: Path):
+    rebuilt = {**COMMITTED, "verdict": "reproduced", "arms": [{**COMMITTED["arms"][0], "nib": 0.8}]}
+    (tmp_path / "core_nib.json").write_text(json.dumps(rebuilt))
+    report = compare_results({"core_nib.json": COMMITTED}, tmp_path)["core_nib.json"]
+    assert report["differences"] == 2
+    assert report["verdict_differences"] == ["/verdict ('mixed' vs 'reproduced')"]
