@@ -201,6 +201,12 @@ COLD = {
         "backbone_invariance.json": {"identical": False, "differences": 2, "first": ["/a (1 vs 2)", "/b (x)"]},
     },
 }
+VERDICT_MOVED = {
+    "identical": False,
+    "differences": 9,
+    "first": ["/gate (0.1 vs 0.2)"],
+    "verdict_differences": ["/verdicts/beats ('no' vs 'mixed')"],
+}
 
 
 def test_the_cold_build_table_and_sentence_come_from_its_record() -> None:
@@ -212,7 +218,7 @@ def test_the_cold_build_table_and_sentence_come_from_its_record() -> None:
     assert list(table["results equal the committed ones"]) == [
         "yes, value for value",
         "-",
-        "no: 2 difference(s), first /a (1 vs 2); /b (x)",
+        "no: 2 difference(s); first /a (1 vs 2); /b (x)",
     ]
     sentence = cold_build_summary(benchmarks)
     assert "took 130.0 min, within the 150-min target" in sentence and "models, corpora" in sentence
@@ -226,3 +232,72 @@ def test_an_untimed_cold_build_says_so() -> None:
 
     assert cold_build_table({"sections": {}}) is None
     assert "has not been timed" in cold_build_summary({"sections": {}})
+
+
+def test_a_changed_verdict_is_named_and_a_recheck_after_regeneration_is_reported() -> None:
+    from abi.reports.cost_and_scaling import cold_build_summary, cold_build_table
+
+    matches = {
+        "core_nib.json": COLD["results_match_committed"]["core_nib.json"],
+        "cross_architecture.json": VERDICT_MOVED,
+    }
+    recheck = {"commit": "abc1234567890", "files": {name: {"identical": True} for name in matches}}
+    cold = {**COLD, "notebook_wall_s": {"02_cross_architecture": 60.0}, "results_match_committed": matches}
+    sentence = cold_build_summary({"sections": {"cold_build": cold}})
+    assert "/verdicts/beats ('no' vs 'mixed') in `cross_architecture.json`" in sentence
+    assert "Against the results committed" not in sentence
+    table = cold_build_table({"sections": {"cold_build": cold}})
+    assert (
+        table.iloc[0]["results equal the committed ones"]
+        == "no: 9 difference(s); verdicts /verdicts/beats ('no' vs 'mixed')"
+    )
+    rechecked = {"sections": {"cold_build": {**cold, "results_match_checkout": recheck}}}
+    assert "Against the results committed at `abc1234567`, after they were regenerated: 2 of 2 equal." in (
+        cold_build_summary(rechecked)
+    )
+    assert cold_build_table(rechecked).iloc[0]["equal the ones committed at abc1234567"] == "yes, value for value"
+
+
+THREADS = {
+    "setting": "python: a->b",
+    "seed": 1,
+    "runs": [{"threads": 1, "best_validation_loss": 2.5}, {"threads": 1}, {"threads": 2, "best_validation_loss": 2.4}],
+    "same_threads": {"identical": True},
+    "one_vs_two_threads": {
+        "identical": False,
+        "first_differing_step": 4,
+        "max_loss_difference": 0.0077,
+        "max_weight_difference": 0.00038,
+    },
+}
+
+
+def test_the_thread_sentence_comes_from_its_record() -> None:
+    from abi.reports.cost_and_scaling import thread_summary
+
+    sentence = thread_summary({"sections": {"thread_determinism": THREADS}})
+    assert "comes out identical, step for step" in sentence and "first differs at step 4" in sentence
+    assert "by up to 0.0077" in sentence and "2.40000 against 2.50000" in sentence
+    assert "has not been measured" in thread_summary({"sections": {}})
+
+
+def test_runs_at_other_thread_counts_are_compared_step_by_step_and_weight_by_weight() -> None:
+    import torch
+
+    from abi.train import TrainLog
+    from benchmarks.thread_determinism import compare_runs
+
+    first = (torch.nn.Linear(2, 2), TrainLog(losses=[1.0, 0.5, 0.25]))
+    twin = (torch.nn.Linear(2, 2), TrainLog(losses=[1.0, 0.5, 0.25]))
+    twin[0].load_state_dict(first[0].state_dict())
+    assert compare_runs(first, twin) == {
+        "identical": True,
+        "first_differing_step": None,
+        "max_loss_difference": 0.0,
+        "max_weight_difference": 0.0,
+    }
+    drifted = (torch.nn.Linear(2, 2), TrainLog(losses=[1.0, 0.5, 0.2]))
+    drifted[0].load_state_dict({k: v + 0.001 for k, v in first[0].state_dict().items()})
+    apart = compare_runs(first, drifted)
+    assert apart["identical"] is False and apart["first_differing_step"] == 2
+    assert abs(apart["max_loss_difference"] - 0.05) < 1e-9 and abs(apart["max_weight_difference"] - 0.001) < 1e-6

@@ -136,28 +136,33 @@ def claim_times_table(benchmarks: dict[str, Any]) -> pd.DataFrame:
 
 def cold_build_table(benchmarks: dict[str, Any]) -> pd.DataFrame | None:
     """The timed cold ``make book`` (``benchmarks/cold_build.py``), one row per notebook: its wall time in
-    that run and whether the result file it wrote equals the committed one; None when it was not timed.
-    Claim notebooks ran side by side, so their times can add up to more than the build's."""
+    that run and whether the result file it wrote equals the committed one (and, once the committed results
+    were regenerated, the ones committed now); None when it was not timed. Claim notebooks ran side by
+    side, so their times can add up to more than the build's."""
     cold = benchmarks["sections"].get("cold_build")
     if cold is None:
         return None
     matches = cold["results_match_committed"]
+    recheck = cold.get("results_match_checkout")
     rows = []
     for name, wall in cold["notebook_wall_s"].items():
-        match = matches.get(f"{name.split('_', 1)[1]}.json")  # 01_core_nib -> core_nib.json
-        rows.append(
-            {
-                "notebook": name,
-                "cold wall (min)": round(wall / 60, 1) if wall is not None else None,
-                "results equal the committed ones": None if match is None else _match_words(match),
-            }
-        )
+        result_file = f"{name.split('_', 1)[1]}.json"  # 01_core_nib -> core_nib.json
+        row = {
+            "notebook": name,
+            "cold wall (min)": round(wall / 60, 1) if wall is not None else None,
+            "results equal the committed ones": _match_words(matches.get(result_file)),
+        }
+        if recheck:
+            row[f"equal the ones committed at {recheck['commit'][:10]}"] = _match_words(
+                recheck["files"].get(result_file)
+            )
+        rows.append(row)
     return _dashes(pd.DataFrame(rows))
 
 
 def cold_build_summary(benchmarks: dict[str, Any]) -> str:
-    """One sentence on the timed cold ``make book``: its wall time against the target, how it ran, and
-    whether it reproduced the committed results."""
+    """A few sentences on the timed cold ``make book``: its wall time against the target, how it ran,
+    whether it reproduced the committed results, and every verdict that came out otherwise."""
     cold = benchmarks["sections"].get("cold_build")
     if cold is None:
         return "A cold `make book` has not been timed (`make cold-build` times one)."
@@ -166,20 +171,61 @@ def cold_build_summary(benchmarks: dict[str, Any]) -> str:
     verdict = "within" if cold["meets_target"] else "over"
     matches = cold["results_match_committed"]
     same = sum(match["identical"] for match in matches.values())
-    return (
+    text = (
         f"A cold `make book` (commit `{cold['commit'][:10]}`; every cache empty but the ones `make setup` fills: "
         f"{', '.join(cold['setup_caches_kept'])}; {cold['jobs']} claim notebooks at a time, "
         f"{cold['threads_per_notebook']} torch thread each) {outcome}, "
         f"{verdict} the {target:.0f}-min target. {same} of its {len(matches)} claim result files equal the "
         "committed ones value for value (timings and cache flags aside)."
     )
+    changed = [
+        f"{diff} in `{name}`" for name, match in matches.items() for diff in match.get("verdict_differences", [])
+    ]
+    if changed:
+        text += f" Verdicts that came out otherwise (committed vs cold): {'; '.join(changed)}."
+    if recheck := cold.get("results_match_checkout"):
+        again = sum(match["identical"] for match in recheck["files"].values())
+        text += (
+            f" Against the results committed at `{recheck['commit'][:10]}`, after they were regenerated: "
+            f"{again} of {len(recheck['files'])} equal."
+        )
+    return text
 
 
-def _match_words(match: dict[str, Any]) -> str:
+def thread_summary(benchmarks: dict[str, Any]) -> str:
+    """Sentences on ``benchmarks/thread_determinism.py``: the same module trained with 1, 1 and 2 torch
+    threads, and how far the 2-thread one lands from the others."""
+    record = benchmarks["sections"].get("thread_determinism")
+    if record is None:
+        return "The effect of torch's thread count has not been measured (`python -m benchmarks.thread_determinism`)."
+    same, apart = record["same_threads"], record["one_vs_two_threads"]
+    one, two = record["runs"][0], record["runs"][-1]
+    repeat = "identical, step for step and weight for weight" if same["identical"] else "not identical"
+    if apart["identical"]:
+        return (
+            f"Claim 2's source module for `{record['setting']}` (seed {record['seed']}), trained twice with one "
+            f"torch thread, comes out {repeat}; with two threads it comes out identical as well."
+        )
+    return (
+        f"Claim 2's source module for `{record['setting']}` (seed {record['seed']}), trained twice with one "
+        f"torch thread from the same seed on the same features, comes out {repeat}. Trained with two threads, "
+        f"its loss first differs at step {apart['first_differing_step']} (rounding: a sum split over two threads "
+        f"adds in another order), its per-step losses differ by up to {apart['max_loss_difference']:.2g} and its "
+        f"weights by up to {apart['max_weight_difference']:.2g}; its best validation loss is "
+        f"{two['best_validation_loss']:.5f} against {one['best_validation_loss']:.5f}."
+    )
+
+
+def _match_words(match: dict[str, Any] | None) -> str | None:
+    """A comparison record in a table cell: the verdicts that changed, else the first changed values."""
+    if match is None:
+        return None
     if match["identical"]:
         return "yes, value for value"
-    first = "; ".join(match["first"][:3])
-    return f"no: {match['differences']} difference(s), first {first}"
+    verdicts = match.get("verdict_differences", [])
+    shown = verdicts or match["first"][:2]
+    label = "verdicts" if verdicts else "first"
+    return f"no: {match['differences']} difference(s); {label} {'; '.join(shown)}"
 
 
 def _yes_no(flag: bool | None) -> str | None:
