@@ -258,27 +258,70 @@ def test_a_changed_verdict_is_named_and_a_recheck_after_regeneration_is_reported
     assert cold_build_table(rechecked).iloc[0]["equal the ones committed at abc1234567"] == "yes, value for value"
 
 
+APART = {"identical": False, "first_differing_step": 4, "max_loss_difference": 0.0077, "max_weight_difference": 0.00038}
+
+
+def _run(threads: int, steps: int, best: int, improvements: list[float]) -> dict:
+    margins = [{"improvement": x, "margin": x - 0.005} for x in improvements]
+    evaluation_steps = [50 * i for i in range(len(improvements) + 1)]
+    return {
+        "threads": threads,
+        "steps": steps,
+        "best_step": best,
+        "evaluation_steps": evaluation_steps,
+        "decision_margins": margins,
+    }
+
+
 THREADS = {
     "setting": "python: a->b",
-    "seed": 1,
-    "runs": [{"threads": 1, "best_validation_loss": 2.5}, {"threads": 1}, {"threads": 2, "best_validation_loss": 2.4}],
-    "same_threads": {"identical": True},
-    "one_vs_two_threads": {
-        "identical": False,
-        "first_differing_step": 4,
-        "max_loss_difference": 0.0077,
-        "max_weight_difference": 0.00038,
-    },
+    "min_delta": 0.005,
+    "modules": [
+        {
+            "side": "source",
+            "backbone": "a",
+            "seed": 1,
+            "runs": [_run(1, 150, 50, [0.03, -0.04, -0.05])] * 2 + [_run(2, 150, 50, [0.03, -0.04, -0.05])],
+            "same_threads": {"identical": True},
+            "other_threads": APART,
+        },
+        {
+            "side": "target",
+            "backbone": "b",
+            "seed": 0,
+            "runs": [
+                _run(1, 150, 50, [0.0103, -0.002, 0.00479]),
+                _run(2, 250, 150, [0.0103, -0.002, 0.00506, -0.01, -0.02]),
+            ],
+            "same_threads": None,
+            "other_threads": APART,
+        },
+    ],
 }
 
 
-def test_the_thread_sentence_comes_from_its_record() -> None:
+def test_the_thread_sentences_come_from_their_record() -> None:
     from abi.reports.cost_and_scaling import thread_summary
 
-    sentence = thread_summary({"sections": {"thread_determinism": THREADS}})
-    assert "comes out identical, step for step" in sentence and "first differs at step 4" in sentence
-    assert "by up to 0.0077" in sentence and "2.40000 against 2.50000" in sentence
+    text = thread_summary({"sections": {"thread_determinism": THREADS}})
+    assert "Claim 2's source module (a, seed 1) comes out identical when trained twice with one thread" in text
+    assert "first differs at step 4" in text and "by up to 0.0077" in text
+    assert "Both runs stopped at step 150 and kept step 50." in text
+    assert "The native target module (b, seed 0), the reference" in text
+    assert "At step 150 its validation loss improved on the best so far by 0.479% with one thread and by 0.506%" in text
+    assert (
+        "with one thread it stopped at step 150 and kept step 50, with 2 it trained to step 250 and kept step 150"
+        in text
+    )
     assert "has not been measured" in thread_summary({"sections": {}})
+
+
+def test_decision_margins_follow_the_plateau_rules_comparison() -> None:
+    from benchmarks.thread_determinism import decision_margins
+
+    margins = decision_margins([2.0, 1.9, 1.895, 1.8], min_delta=0.005)
+    assert [round(m["improvement"], 4) for m in margins] == [0.05, round(1 - 1.895 / 1.9, 4), round(1 - 1.8 / 1.9, 4)]
+    assert margins[1]["margin"] < 0  # 0.26 % on 1.9 is no improvement: the best stays 1.9
 
 
 def test_runs_at_other_thread_counts_are_compared_step_by_step_and_weight_by_weight() -> None:

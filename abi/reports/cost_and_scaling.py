@@ -193,26 +193,50 @@ def cold_build_summary(benchmarks: dict[str, Any]) -> str:
 
 
 def thread_summary(benchmarks: dict[str, Any]) -> str:
-    """Sentences on ``benchmarks/thread_determinism.py``: the same module trained with 1, 1 and 2 torch
-    threads, and how far the 2-thread one lands from the others."""
+    """Sentences on ``benchmarks/thread_determinism.py``: claim 2's modules trained with one and two torch
+    threads, how far the runs part, and any stopping decision of the plateau rule that went otherwise."""
     record = benchmarks["sections"].get("thread_determinism")
     if record is None:
         return "The effect of torch's thread count has not been measured (`python -m benchmarks.thread_determinism`)."
-    same, apart = record["same_threads"], record["one_vs_two_threads"]
-    one, two = record["runs"][0], record["runs"][-1]
-    repeat = "identical, step for step and weight for weight" if same["identical"] else "not identical"
-    if apart["identical"]:
-        return (
-            f"Claim 2's source module for `{record['setting']}` (seed {record['seed']}), trained twice with one "
-            f"torch thread, comes out {repeat}; with two threads it comes out identical as well."
+    sentences = [f"Each run trains from the same seed on the same features (claim 2's setting `{record['setting']}`)."]
+    for module in record["modules"]:
+        label = f"({module['backbone']}, seed {module['seed']})"
+        if module["side"] == "source":
+            label = f"Claim 2's source module {label}"
+        else:
+            label = f"The native target module {label}, the reference every arm of the setting is scored against:"
+        sentences.append(_threads_sentence(label, module, record["min_delta"]))
+    return " ".join(sentences)
+
+
+def _threads_sentence(label: str, module: dict[str, Any], min_delta: float) -> str:
+    one, other = module["runs"][0], module["runs"][-1]
+    same, apart = module["same_threads"], module["other_threads"]
+    text = label
+    if same is not None:
+        text += (
+            f" comes out {'identical' if same['identical'] else 'not identical'} when trained twice with one thread;"
         )
-    return (
-        f"Claim 2's source module for `{record['setting']}` (seed {record['seed']}), trained twice with one "
-        f"torch thread from the same seed on the same features, comes out {repeat}. Trained with two threads, "
-        f"its loss first differs at step {apart['first_differing_step']} (rounding: a sum split over two threads "
-        f"adds in another order), its per-step losses differ by up to {apart['max_loss_difference']:.2g} and its "
-        f"weights by up to {apart['max_weight_difference']:.2g}; its best validation loss is "
-        f"{two['best_validation_loss']:.5f} against {one['best_validation_loss']:.5f}."
+    if apart["identical"]:
+        return text + f" with {other['threads']} threads it comes out identical as well."
+    text += (
+        f" with {other['threads']} threads its loss first differs at step {apart['first_differing_step']}, "
+        f"its per-step losses differ by up to {apart['max_loss_difference']:.2g} and its weights by up to "
+        f"{apart['max_weight_difference']:.2g}."
+    )
+    turned = [
+        (step, a["improvement"], b["improvement"])
+        for step, a, b in zip(one["evaluation_steps"][1:], one["decision_margins"], other["decision_margins"])
+        if (a["margin"] > 0) != (b["margin"] > 0)
+    ]
+    if not turned:
+        return text + f" Both runs stopped at step {one['steps']} and kept step {one['best_step']}."
+    step, with_one, with_other = turned[0]
+    return text + (
+        f" At step {step} its validation loss improved on the best so far by {with_one:.3%} with one thread and "
+        f"by {with_other:.3%} with {other['threads']}, against the {min_delta:.1%} the stopping rule asks: with "
+        f"one thread it stopped at step {one['steps']} and kept step {one['best_step']}, with {other['threads']} "
+        f"it trained to step {other['steps']} and kept step {other['best_step']}."
     )
 
 
