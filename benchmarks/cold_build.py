@@ -122,8 +122,8 @@ def compare_again(workdir: Path, against_checkout: bool = False) -> None:
         raise SystemExit(f"{path} has no cold_build section: run `make cold-build` first.")
     if not (workdir / ".git").is_dir():
         raise SystemExit(f"{workdir} holds no cold-build clone: run `make cold-build` first.")
-    if _head(workdir) != recorded["commit"]:
-        raise SystemExit(f"{workdir} is at {_head(workdir)[:12]}, the record at {recorded['commit'][:12]}.")
+    if (head := _head(workdir)) != recorded["commit"]:
+        raise SystemExit(f"{workdir} is at {head[:12]}, the record at {recorded['commit'][:12]}.")
     kept = {k: v for k, v in recorded.items() if k not in ("provenance", "command")}
     if against_checkout:
         matches = compare_results(committed_results(REPO_ROOT), workdir / "results")
